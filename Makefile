@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make repro` (set up + run the pipeline) and `make test` (set up + run the tests).
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+# CPU preset: the whole pipeline on a laptop in minutes (the default params.yaml is the GPU experiment).
+SOURCE ?= ../shared/data/oxford-pets-mini
+CPU_PRESET := -S 'prepare.source=$(SOURCE)' -S prepare.image_size=64 \
+	-S train.common.num_workers=0 -S train.common.augment.rotation=10.0 \
+	-S train.unet.base_channels=16 -S train.unet.batch_norm=true -S train.unet.epochs=6 -S train.unet.batch_size=8 \
+	-S train.unet.lr=0.001 -S train.res34.epochs=6 -S train.res34.batch_size=8 -S train.res34.lr=0.001 \
+	-S infer.limit=32
+
+.PHONY: repro repro-cpu test lint bench venv clean
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+repro: $(STAMP)
+	dvc repro
+
+repro-cpu: $(STAMP)
+	dvc exp run $(CPU_PRESET)
+
+test: $(STAMP)
+	pytest
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+bench: $(STAMP)
+	petseg bench prepare --source $(SOURCE)
+	petseg bench train --model res34 --size 128
+
+clean:
+	rm -rf $(VENV) dvc_plots .pytest_cache .ruff_cache

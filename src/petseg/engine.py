@@ -1,0 +1,243 @@
+"""Training and evaluation loops: resumable, deterministic on CPU, never silently wrong.
+
+Each epoch re-seeds the global RNG and the shuffle generator from (seed, epoch). So a run resumed
+from ``<model>.last.pt`` replays exactly the augmentations and batch order of an uninterrupted run,
+and ends with identical metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from petseg.checkpoint import load_checkpoint, save_checkpoint
+from petseg.config import Params
+from petseg.data import PreparedSplit, read_meta
+from petseg.errors import PetsegError
+from petseg.losses import BCEDiceLoss
+from petseg.metrics import confusion_counts, summarize
+from petseg.models import build_model, normalization
+from petseg.progress import progress
+from petseg.runtime import configure_threads, make_deterministic, resolve_device, seed_everything
+from petseg.transforms import eval_transforms, train_transforms
+
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_second")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # last completed epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    epochs_without_improvement: int = 0
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    best: Path  # models/<model>.pt
+    last: Path  # models/<model>.last.pt
+
+
+def autocast_context(device: torch.device, amp: str | bool):
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_fingerprint(name: str, params: Params, meta: dict) -> str:
+    """What a resumable run depends on; a different fingerprint means start over."""
+    train = params.train
+    relevant = {
+        "model": name,
+        "config": asdict(train.model(name)),
+        "common": {k: v for k, v in asdict(train.common).items() if k not in ("num_workers", "threads")},
+        "data": meta,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_payload(name: str, model_params: dict, image_size: int, state_dict: dict) -> dict[str, Any]:
+    mean, std = normalization(model_params)
+    return {
+        "model": {"name": name, "params": model_params},
+        "image_size": image_size,
+        "normalization": {"mean": list(mean), "std": list(std)},
+        "state_dict": state_dict,
+    }
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    threshold: float,
+    loss_fn: nn.Module | None = None,
+    amp: str | bool = False,
+    desc: str = "eval",
+) -> tuple[torch.Tensor, float]:
+    """Per-image confusion counts (N, 4) and the mean loss (NaN without ``loss_fn``)."""
+    model.eval()
+    counts, loss_sum, seen = [], 0.0, 0
+    logit_threshold = math.log(threshold / (1 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    for images, masks in progress(loader, desc=desc, unit=" batch"):
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        with autocast_context(device, amp):
+            logits = model(images)
+        if loss_fn is not None:
+            loss_sum += float(loss_fn(logits, masks)) * len(images)
+        counts.append(confusion_counts(logits.float() > logit_threshold, masks).cpu())
+        seen += len(images)
+    mean_loss = loss_sum / seen if loss_fn is not None and seen else float("nan")
+    return torch.cat(counts) if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
+
+
+def train(
+    name: str, params: Params, prepared_dir: Path, paths: TrainPaths, tracker=None
+) -> tuple[TrainState, dict[str, torch.Tensor]]:
+    """Train ``name`` per ``params``; returns the final state and the best weights (CPU)."""
+    common, cfg = params.train.common, params.train.model(name)
+    meta = read_meta(prepared_dir)
+    size = meta["image_size"]
+    configure_threads(common.threads)
+    make_deterministic()
+    device = resolve_device(common.device)
+    seed_everything(common.seed)
+
+    model_params = cfg.model_params()
+    model = build_model(name, **model_params).to(device)
+    if common.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if common.compile else model
+    mean, std = normalization(model_params)
+    train_set = PreparedSplit(prepared_dir, "train", train_transforms(common.augment, size, mean, std))
+    valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
+    if len(train_set) == 0 or len(valid_set) == 0:
+        raise PetsegError(f"{prepared_dir}: train or valid split is empty; check reports/prepare.json")
+
+    loss_fn = BCEDiceLoss(common.loss.bce_weight, common.loss.dice_weight)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    maximize = common.select_by == "dice"
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max" if maximize else "min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=common.amp == "fp16")
+    state = TrainState()
+    best_weights = cpu_state_dict(model)
+    fingerprint = run_fingerprint(name, params, meta)
+
+    if paths.last.exists():
+        saved = load_checkpoint(paths.last)
+        if saved.get("fingerprint") == fingerprint:
+            model.load_state_dict(saved["state_dict"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            state = TrainState(**saved["train_state"])
+            best_weights = saved["best_state_dict"]
+            print(f"train_{name}: resuming after epoch {state.epoch} from {paths.last}")
+        else:
+            print(f"train_{name}: {paths.last} is from other params or data; starting over")
+
+    valid_loader = DataLoader(
+        valid_set, batch_size=cfg.batch_size, num_workers=common.num_workers, pin_memory=device.type == "cuda"
+    )
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if cfg.early_stop_patience and state.epochs_without_improvement >= cfg.early_stop_patience:
+            print(f"train_{name}: early stop, no improvement for {state.epochs_without_improvement} epochs")
+            break
+        started = time.perf_counter()
+        torch.manual_seed(common.seed * 100_003 + epoch)
+        train_loader = DataLoader(
+            train_set,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(train_set) > cfg.batch_size,
+            num_workers=common.num_workers,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(common.seed * 100_003 + epoch),
+        )
+        model.train()
+        loss_sum, seen = 0.0, 0
+        bar = progress(train_loader, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit=" batch")
+        for step, (images, masks) in enumerate(bar, start=1):
+            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+            if common.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_context(device, common.amp):
+                loss = loss_fn(forward(images), masks)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise PetsegError(
+                    f"train_{name}: loss became {loss_value} at epoch {epoch}, step {step}; lower "
+                    f"train.{name}.lr or check the data. Last good checkpoint kept: {paths.last}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += loss_value * len(images)
+            seen += len(images)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        train_seconds = time.perf_counter() - started
+
+        counts, val_loss = evaluate_loader(model, valid_loader, device, 0.5, loss_fn, common.amp, desc="validate")
+        scores = summarize(counts)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum / seen,
+            "val_loss": val_loss,
+            "val_dice": scores["dice_per_image"],
+            "val_iou": scores["iou_per_image"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - started,
+            "images_per_second": seen / train_seconds,
+        }
+        score = row["val_dice"] if maximize else -row["val_loss"]
+        scheduler.step(row["val_dice"] if maximize else row["val_loss"])
+        state.epoch = epoch
+        state.history.append(row)
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.epochs_without_improvement = score, epoch, 0
+            best_weights = cpu_state_dict(model)
+        else:
+            state.epochs_without_improvement += 1
+        save_checkpoint(
+            paths.last,
+            {
+                "fingerprint": fingerprint,
+                "state_dict": cpu_state_dict(model),
+                "best_state_dict": best_weights,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "train_state": asdict(state),
+            },
+        )
+        if tracker is not None:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        print(
+            f"train_{name}: epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_dice {row['val_dice']:.4f} val_iou {row['val_iou']:.4f} "
+            f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
+            + (" *best" if state.best_epoch == epoch else "")
+        )
+    # Written once at the end (a resumed or already finished run too): its presence means a finished run.
+    save_checkpoint(paths.best, model_payload(name, model_params, size, best_weights) | {"epoch": state.best_epoch})
+    return state, best_weights

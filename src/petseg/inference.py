@@ -1,0 +1,100 @@
+"""Run a trained checkpoint: batches of uint8 images in, probabilities / binary masks out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision import tv_tensors
+
+from petseg.checkpoint import load_checkpoint
+from petseg.metrics import confusion_counts, per_image_scores
+from petseg.models import model_from_weights
+from petseg.progress import progress
+from petseg.transforms import eval_transforms
+
+
+class Predictor:
+    """A checkpoint ready for inference at its training size."""
+
+    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu"):
+        ckpt = load_checkpoint(checkpoint)
+        self.name = ckpt["model"]["name"]
+        self.image_size = int(ckpt["image_size"])
+        self.device = torch.device(device)
+        self.model = model_from_weights(self.name, ckpt["model"]["params"], ckpt["state_dict"]).to(self.device)
+        norm = ckpt["normalization"]
+        self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
+        self.transform = eval_transforms(self.mean, self.std)
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, S, S, 3) at the training size -> float (N, S, S) pet probabilities on CPU."""
+        batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+        batch = self.transform(tv_tensors.Image(batch)).as_subclass(torch.Tensor).to(self.device)
+        return torch.sigmoid(self.model(batch).float())[:, 0].cpu()
+
+
+def load_rgb(path: Path, size: int) -> tuple[np.ndarray, Image.Image]:
+    """Decode any image by content, apply EXIF orientation, return (uint8 SxSx3, original RGB image)."""
+    with Image.open(path) as img:
+        original = ImageOps.exif_transpose(img).convert("RGB")
+    resized = np.asarray(original.resize((size, size), Image.Resampling.BILINEAR))
+    return resized, original
+
+
+def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: float) -> np.ndarray:
+    """Resize a probability map to (height, width) bilinearly, then threshold: uint8 0/255."""
+    resized = F.interpolate(probability[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+    return np.where(resized.numpy() > threshold, 255, 0).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float = 0.45) -> np.ndarray:
+    """Tint ``image`` (HxWx3 uint8) where the boolean HxW ``where`` is set."""
+    out = image.astype(np.float32)
+    out[where] = (1 - alpha) * out[where] + alpha * np.asarray(color, dtype=np.float32)
+    return out.astype(np.uint8)
+
+
+TRUTH_COLOR, PRED_COLOR = (40, 200, 60), (230, 60, 40)
+
+
+def write_split_masks(
+    predictor: Predictor, dataset, count: int, batch_size: int, threshold: float, out_dir: Path
+) -> np.ndarray:
+    """Masks of the first ``count`` samples of a prepared split as PNG at original size; returns per-image Dice."""
+    dice = np.zeros(count)
+    for start in progress(range(0, count, batch_size), desc=f"infer {predictor.name}", unit=" batch"):
+        stop = min(start + batch_size, count)
+        probs = predictor.probabilities(dataset.images[start:stop])
+        counts = confusion_counts(probs > threshold, torch.from_numpy(np.array(dataset.masks[start:stop])))
+        dice[start:stop] = per_image_scores(counts)["dice"].numpy()
+        for i, prob in zip(range(start, stop), probs, strict=True):
+            row = dataset.rows[i]
+            mask = mask_at_size(prob, int(row["width"]), int(row["height"]), threshold)
+            Image.fromarray(mask).save(out_dir / f"{row['name']}.png")
+    return dice
+
+
+def best_and_worst(predictor: Predictor, dataset, dice: np.ndarray, per_side: int, threshold: float) -> list[dict]:
+    """Grid rows for the ``per_side`` best then worst cases by Dice (no case shown twice)."""
+    order = np.argsort(-dice, kind="stable")
+    best = order[:per_side].tolist()
+    worst = [i for i in order[::-1][:per_side].tolist() if i not in best]
+    rows = []
+    for i in best + worst[::-1]:
+        image = np.asarray(dataset.images[i])
+        predicted = predictor.probabilities(image[None])[0].numpy() > threshold
+        rows.append(
+            {
+                "name": dataset.rows[i]["name"],
+                "dice": float(dice[i]),
+                "photo": image,
+                "truth": overlay(image, np.asarray(dataset.masks[i]) == 1, TRUTH_COLOR),
+                "prediction": overlay(image, predicted, PRED_COLOR),
+            }
+        )
+    return rows

@@ -1,0 +1,41 @@
+"""Model registry: ``build_model(name, **params)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from petseg.errors import PetsegError
+from petseg.models.res34_unet import Res34UNet
+from petseg.models.unet import UNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"unet": UNet, "res34": Res34UNet}
+
+# ImageNet statistics for a pretrained encoder; the reference's 0.5/0.5 otherwise.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def build_model(name: str, **params: Any) -> nn.Module:
+    if name not in MODELS:
+        raise PetsegError(f"unknown model {name!r} (allowed: {', '.join(MODELS)})")
+    return MODELS[name](**params)
+
+
+def model_from_weights(name: str, params: dict[str, Any], state_dict: dict) -> nn.Module:
+    """Rebuild a trained model without fetching any initial weights (they are overwritten anyway)."""
+    model = build_model(name, **{k: v for k, v in params.items() if k not in ("pretrained", "weights_path")})
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def normalization(params: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if params.get("pretrained") == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    return HALF_MEAN, HALF_STD
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

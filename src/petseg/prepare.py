@@ -1,0 +1,223 @@
+"""Turn the extracted Oxford-IIIT Pet tree into split lists and a resized uint8 array cache.
+
+Layout written to ``out_dir``::
+
+    {split}.csv           index, name, species, breed, class_id, width, height (original size)
+    {split}_images.npy    uint8 (N, S, S, 3)
+    {split}_masks.npy     uint8 (N, S, S): 0 background, 1 pet, 255 ignore
+    meta.json             image size, boundary rule, counts
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from petseg.config import PrepareConfig
+from petseg.errors import PetsegError
+from petseg.fileio import atomic_dir
+from petseg.progress import progress
+
+SPLITS = ("train", "valid", "test")
+SPECIES = {1: "cat", 2: "dog"}
+IGNORE = 255
+BOUNDARY_VALUE = {"pet": 1, "background": 0, "ignore": IGNORE}
+TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
+CSV_FIELDS = ("index", "name", "species", "breed", "class_id", "width", "height")
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    name: str
+    class_id: int
+    species: str
+    breed: str
+
+
+class SampleError(Exception):
+    """Why one sample cannot be used; it is skipped and reported, never fatal."""
+
+
+def parse_list_file(path: Path) -> list[ListEntry]:
+    """Parse an official list file: ``Name CLASS-ID SPECIES BREED-ID`` per line, ``#`` comments."""
+    if not path.is_file():
+        raise PetsegError(f"{path}: list file missing from the annotations archive")
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 4:
+                raise ValueError
+            name, class_id, species_id, _breed_id = fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+            species = SPECIES[species_id]
+        except (ValueError, KeyError):
+            raise PetsegError(
+                f"{path}:{lineno}: malformed line {line!r} (expected 'Name CLASS-ID SPECIES(1|2) BREED-ID')"
+            ) from None
+        entries.append(ListEntry(name, class_id, species, name.rsplit("_", 1)[0]))
+    return entries
+
+
+def split_trainval(entries: list[ListEntry], valid_fraction: float, seed: int) -> tuple[list, list]:
+    """Seeded 9:1 (by default) split; depends on names only, so a skipped sample shifts nothing."""
+    ordered = sorted(entries, key=lambda e: e.name)
+    random.Random(seed).shuffle(ordered)
+    n_valid = max(1, round(len(ordered) * valid_fraction)) if len(ordered) > 1 else 0
+    return sorted(ordered[n_valid:], key=lambda e: e.name), sorted(ordered[:n_valid], key=lambda e: e.name)
+
+
+def load_sample(
+    image_path: Path, trimap_path: Path, size: int, boundary: str
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Decode one photo (by content, any format) and its trimap; resize both to ``size``.
+
+    No EXIF rotation here: trimaps are drawn on the stored pixel order.
+    Returns (image uint8 HxWx3, mask uint8 HxW, original width, original height).
+    """
+    if not image_path.is_file():
+        raise SampleError("image file missing")
+    if not trimap_path.is_file():
+        raise SampleError("trimap missing")
+    try:
+        with Image.open(image_path) as img:
+            width, height = img.size
+            if img.format == "JPEG":
+                # Decode at the smallest 1/2^k scale that is still >= the target size: much less work.
+                img.draft("RGB", (size, size))
+            image = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise SampleError(f"image cannot be decoded ({err})") from None
+    try:
+        with Image.open(trimap_path) as tri:
+            if tri.size != (width, height):
+                raise SampleError(f"trimap size {tri.size[0]}x{tri.size[1]} differs from image {width}x{height}")
+            if tri.mode not in ("L", "P"):
+                raise SampleError(f"trimap is {tri.mode}, expected a single 8-bit channel")
+            trimap = np.asarray(tri)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise SampleError(f"trimap cannot be decoded ({err})") from None
+    values = np.flatnonzero(np.bincount(trimap.ravel(), minlength=256))
+    unexpected = sorted(set(values.tolist()) - {TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY})
+    if unexpected:
+        raise SampleError(f"trimap has values {unexpected} outside {{1, 2, 3}}")
+    lut = np.zeros(256, dtype=np.uint8)
+    lut[TRIMAP_PET], lut[TRIMAP_BACKGROUND], lut[TRIMAP_BOUNDARY] = 1, 0, BOUNDARY_VALUE[boundary]
+    small = Image.fromarray(trimap).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(image), lut[np.asarray(small)], width, height
+
+
+def _load_job(job: tuple[int, str, str, int, str]):
+    index, image_path, trimap_path, size, boundary = job
+    try:
+        return index, load_sample(Path(image_path), Path(trimap_path), size, boundary), None
+    except SampleError as err:
+        return index, None, str(err)
+
+
+def build_splits(annotations_dir: Path, cfg: PrepareConfig) -> dict[str, list[ListEntry]]:
+    trainval = parse_list_file(annotations_dir / "trainval.txt")
+    test = parse_list_file(annotations_dir / "test.txt")
+    train, valid = split_trainval(trainval, cfg.valid_fraction, cfg.seed)
+    splits = {"train": train, "valid": valid, "test": sorted(test, key=lambda e: e.name)}
+    seen: dict[str, str] = {}
+    for split, entries in splits.items():
+        for entry in entries:
+            if entry.name in seen:
+                raise PetsegError(f"{annotations_dir}: {entry.name} is listed in both {seen[entry.name]} and {split}")
+            seen[entry.name] = split
+    return splits
+
+
+def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg: PrepareConfig) -> dict:
+    """Decode, validate and cache every listed sample; return the report dictionary."""
+    splits = build_splits(annotations_dir, cfg)
+    size = cfg.image_size
+    workers = cfg.workers or os.cpu_count() or 1
+    skipped: list[dict] = []
+    report: dict = {
+        "image_size": size,
+        "boundary": cfg.boundary,
+        "counts": {},
+        "species": {},
+        "foreground_fraction": {},
+    }
+    with atomic_dir(out_dir) as tmp, ProcessPoolExecutor(max_workers=workers) as pool:
+        for split, entries in splits.items():
+            jobs = [
+                (
+                    i,
+                    str(images_dir / f"{e.name}.jpg"),
+                    str(annotations_dir / "trimaps" / f"{e.name}.png"),
+                    size,
+                    cfg.boundary,
+                )
+                for i, e in enumerate(entries)
+            ]
+            images = np.lib.format.open_memmap(tmp / f"{split}_images.npy", "w+", np.uint8, (len(jobs), size, size, 3))
+            masks = np.lib.format.open_memmap(tmp / f"{split}_masks.npy", "w+", np.uint8, (len(jobs), size, size))
+            kept: list[tuple[ListEntry, int, int]] = []
+            pet_pixels = labelled_pixels = 0
+            results = pool.map(_load_job, jobs, chunksize=8)
+            for index, sample, reason in progress(results, total=len(jobs), desc=f"prepare {split}", unit=" img"):
+                entry = entries[index]
+                if sample is None:
+                    skipped.append({"name": entry.name, "split": split, "reason": reason})
+                    continue
+                image, mask, width, height = sample
+                images[len(kept)] = image
+                masks[len(kept)] = mask
+                kept.append((entry, width, height))
+                pet_pixels += int(np.count_nonzero(mask == 1))
+                labelled_pixels += int(np.count_nonzero(mask != IGNORE))
+            images.flush()
+            masks.flush()
+            del images, masks
+            if len(kept) < len(jobs):
+                _truncate_rows(tmp / f"{split}_images.npy", len(kept))
+                _truncate_rows(tmp / f"{split}_masks.npy", len(kept))
+            _write_split_csv(tmp / f"{split}.csv", kept)
+            report["counts"][split] = len(kept)
+            report["species"][split] = dict(sorted(Counter(e.species for e, _, _ in kept).items()))
+            report["foreground_fraction"][split] = round(pet_pixels / labelled_pixels, 6) if labelled_pixels else 0.0
+        report["counts"]["total"] = sum(report["counts"][s] for s in SPLITS)
+        report["skipped_count"] = len(skipped)
+        report["skipped"] = skipped
+        (tmp / "meta.json").write_text(
+            json.dumps({"image_size": size, "boundary": cfg.boundary, "counts": report["counts"]}, indent=2)
+        )
+    return report
+
+
+def _truncate_rows(path: Path, rows: int) -> None:
+    """Rewrite an .npy keeping its first ``rows`` rows (only needed when samples were skipped)."""
+    full = np.load(path, mmap_mode="r")
+    out_path = path.with_suffix(".tmp.npy")
+    out = np.lib.format.open_memmap(out_path, "w+", full.dtype, (rows, *full.shape[1:]))
+    out[:] = full[:rows]
+    out.flush()
+    del out, full
+    os.replace(out_path, path)
+
+
+def _write_split_csv(path: Path, kept: list[tuple[ListEntry, int, int]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS)
+        for index, (entry, width, height) in enumerate(kept):
+            writer.writerow([index, entry.name, entry.species, entry.breed, entry.class_id, width, height])
+
+
+def read_split_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -1,0 +1,50 @@
+"""Metrics JSON, history CSV and curve plots that DVC tracks."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from petseg.engine import HISTORY_FIELDS, TrainState
+from petseg.fileio import write_json, write_text
+from petseg.plots import plot_curves
+
+# Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
+TIMING_FIELDS = ("epoch_seconds", "images_per_second")
+
+
+def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | list[str]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def write_training_reports(state: TrainState, out_dir: Path) -> list[Path]:
+    best = next(row for row in state.history if row["epoch"] == state.best_epoch)
+    metrics = {
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        **{k: round(best[k], 6) for k in ("train_loss", "val_loss", "val_dice", "val_iou")},
+    }
+    timing = {
+        "total_seconds": round(sum(row["epoch_seconds"] for row in state.history), 2),
+        "images_per_second": round(sum(r["images_per_second"] for r in state.history) / len(state.history), 3),
+    }
+    paths = {name: out_dir / name for name in ("metrics.json", "timing.json", "history.csv", "loss.png", "dice.png")}
+    write_json(paths["metrics.json"], metrics)
+    write_json(paths["timing.json"], timing)
+    write_csv(paths["history.csv"], state.history, HISTORY_FIELDS)
+    plot_curves(
+        state.history, {"train_loss": "train", "val_loss": "valid"}, "Loss (BCE + Dice)", "loss", paths["loss.png"]
+    )
+    plot_curves(
+        state.history,
+        {"val_dice": "valid Dice", "val_iou": "valid IoU"},
+        "Validation overlap",
+        "score",
+        paths["dice.png"],
+    )
+    return list(paths.values())

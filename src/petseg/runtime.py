@@ -1,0 +1,37 @@
+"""Seeds, threads and device selection."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from petseg.errors import PetsegError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_threads(threads: int) -> None:
+    """Use every core for intra-op math unless told otherwise (0 = one thread per core)."""
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PetsegError("train.common.device: 'cuda' requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+def make_deterministic() -> None:
+    """Same params -> same numbers on CPU; on GPU, deterministic kernels where PyTorch has them."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+from helpers import REPO, run_stage
+
+from petseg.config import ConfigError, load_params, parse_params, to_flat_dict
+
+
+def flatten(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and value:
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_repo_params_are_valid_and_complete():
+    """params.yaml spells out every key, so no pipeline result hinges on a default hidden in code."""
+    params = load_params(REPO / "params.yaml")
+    assert params.prepare.image_size == 256 and params.train.unet.base_channels == 64
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(flatten(raw)) == set(to_flat_dict(params))
+
+
+def test_empty_file_gives_defaults():
+    params = parse_params(None)
+    assert params.prepare.valid_fraction == 0.1
+    assert params.train.res34.pretrained is False
+    assert params.train.model("unet").model_params() == {"base_channels": 64, "batch_norm": False}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"prepare": {"image_size": 100}}, "prepare.image_size: must be a positive multiple of 32 (got 100)"),
+        ({"prepare": {"image_size": -32}}, "prepare.image_size: must be a positive multiple of 32"),
+        ({"prepare": {"image_size": "256"}}, "prepare.image_size: must be an integer (got '256')"),
+        ({"prepare": {"valid_fraction": 1.0}}, "prepare.valid_fraction: must be in (0, 1)"),
+        ({"prepare": {"boundary": "edge"}}, "prepare.boundary: must be one of 'pet', 'background', 'ignore'"),
+        ({"prepare": {"checksums": {"images.tar.gz": "abc"}}}, "prepare.checksums.images.tar.gz"),
+        ({"prepare": {"sorce": "x"}}, "prepare.sorce: unknown key (allowed under prepare: source,"),
+        ({"trian": {}}, "trian: unknown key (allowed at the top level: prepare, train,"),
+        ({"train": {"res34": {"lr": 0}}}, "train.res34.lr: must be > 0 (got 0.0)"),
+        ({"train": {"unet": {"lr": -1e-3}}}, "train.unet.lr: must be > 0"),
+        ({"train": {"unet": {"batch_size": 0}}}, "train.unet.batch_size: must be >= 1 (got 0)"),
+        ({"train": {"unet": {"epochs": True}}}, "train.unet.epochs: must be an integer (got True)"),
+        ({"train": {"common": {"device": "tpu"}}}, "train.common.device: must be one of 'auto', 'cpu', 'cuda'"),
+        ({"train": {"common": {"augment": {"crop_scale": [0.9, 0.1]}}}}, "train.common.augment.crop_scale"),
+        ({"train": {"res34": {"pretrained": "yes"}}}, "train.res34.pretrained: must be one of False, 'imagenet'"),
+        ({"train": {"res34": {"weights_path": "w.pth"}}}, "train.res34.weights_path: must be null unless"),
+        ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold: must be in (0, 1)"),
+        ({"train": ["unet"]}, "train: must be a mapping"),
+    ],
+)
+def test_invalid_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert message in str(err.value)
+
+
+def test_model_lookup_rejects_unknown_model():
+    with pytest.raises(ConfigError, match="unknown model 'vgg'"):
+        parse_params({}).train.model("vgg")
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("prepare:\n  image_size: [1,\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: line \d+: not valid YAML"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("stage", ["prepare", "evaluate", "infer"])
+def test_stage_refuses_bad_params_in_one_line_before_any_work(tmp_path, stage):
+    (tmp_path / "params.yaml").write_text("prepare:\n  image_size: 100\n")
+    result = run_stage(stage, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "petseg: error: params.yaml: prepare.image_size: must be a positive multiple of 32 (got 100)"
+    )
+    assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()
+
+
+def test_train_stage_refuses_unknown_model(tmp_path):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    result = run_stage("train", tmp_path, "--model", "vgg")
+    assert result.returncode == 2
+    assert "invalid choice: 'vgg'" in result.stderr

@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import RangeServer, make_tree, run_stage
+from PIL import Image
+
+from petseg.config import PrepareConfig
+from petseg.errors import PetsegError
+from petseg.prepare import parse_list_file, prepare_dataset, split_trainval
+
+
+def read_csv(path):
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_stage_over_http_end_to_end(tmp_path, synthetic_archives, synthetic_tree):
+    archives, digests = synthetic_archives
+    with RangeServer(archives) as server:
+        params = {
+            "prepare": {
+                "source": server.url,
+                "image_size": 64,
+                "checksums": {k: f"sha256:{v}" for k, v in digests.items()},
+            }
+        }
+        (tmp_path / "params.yaml").write_text(json.dumps(params))
+        result = run_stage("prepare", tmp_path, env={"PETSEG_MLFLOW": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "prepare: train 22, valid 2, test 8 at 64px; skipped 0" in result.stdout
+    prepared = tmp_path / "data" / "prepared"
+    names = {
+        split: [row["name"] for row in read_csv(prepared / f"{split}.csv")] for split in ("train", "valid", "test")
+    }
+    assert {len(v) for v in names.values()} == {22, 2, 8}
+    assert not set(names["train"]) & set(names["valid"])
+    assert not (set(names["train"]) | set(names["valid"])) & set(names["test"])
+    rows = read_csv(prepared / "train.csv")
+    assert {row["species"] for row in rows} == {"cat", "dog"} and {row["breed"] for row in rows} == {
+        "Persian",
+        "beagle",
+    }
+    original = Image.open(synthetic_tree / "images" / f"{rows[0]['name']}.jpg")
+    assert (int(rows[0]["width"]), int(rows[0]["height"])) == original.size
+    images = np.load(prepared / "train_images.npy", mmap_mode="r")
+    masks = np.load(prepared / "train_masks.npy", mmap_mode="r")
+    assert images.shape == (22, 64, 64, 3) and images.dtype == np.uint8
+    assert masks.shape == (22, 64, 64) and set(np.unique(masks)) == {0, 1}
+    report = json.loads((tmp_path / "reports" / "prepare.json").read_text())
+    assert report["counts"] == {"train": 22, "valid": 2, "test": 8, "total": 32}
+    assert report["species"]["test"] == {"cat": 4, "dog": 4}
+    assert report["skipped"] == [] and 0.2 < report["foreground_fraction"]["train"] < 0.8
+
+
+def test_split_is_seeded_disjoint_and_name_based(tmp_path):
+    (tmp_path / "trainval.txt").write_text("".join(f"cat_{i} 1 1 1\n" for i in range(100)))
+    entries = parse_list_file(tmp_path / "trainval.txt")
+    train, valid = split_trainval(entries, 0.1, seed=7)
+    assert (len(train), len(valid)) == (90, 10)
+    assert not {e.name for e in train} & {e.name for e in valid}
+    assert split_trainval(list(reversed(entries)), 0.1, seed=7) == (train, valid)
+    assert split_trainval(entries, 0.1, seed=8) != (train, valid)
+
+
+def test_malformed_list_line_names_file_and_line(tmp_path):
+    path = tmp_path / "trainval.txt"
+    path.write_text("#comment\nPersian_1 1 1 1\nPersian_2 1 x 1\n")
+    with pytest.raises(PetsegError, match=r"trainval.txt:3: malformed line 'Persian_2 1 x 1'"):
+        parse_list_file(path)
+    path.write_text("Persian_1 1 3 1\n")
+    with pytest.raises(PetsegError, match=r"trainval.txt:1: malformed line"):
+        parse_list_file(path)
+
+
+@pytest.fixture
+def awkward_tree(tmp_path):
+    """A tree with every real-world quirk and fault the stage must survive."""
+    root = tmp_path / "tree"
+    make_tree(root, per_breed=12, test_per_breed=2)
+    images, trimaps = root / "images", root / "annotations" / "trimaps"
+    data = (images / "Persian_1.jpg").read_bytes()
+    (images / "Persian_1.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+    (images / "Persian_2.jpg").write_bytes(b"")  # zero bytes
+    (trimaps / "Persian_3.png").unlink()  # image without trimap
+    bad = np.asarray(Image.open(trimaps / "Persian_4.png")).copy()
+    bad[0, 0] = 7
+    Image.fromarray(bad).save(trimaps / "Persian_4.png")  # value outside {1, 2, 3}
+    Image.open(trimaps / "Persian_5.png").resize((20, 20)).save(trimaps / "Persian_5.png")  # size mismatch
+    (images / "beagle_1.jpg").unlink()  # trimap without image
+    Image.open(images / "Persian_6.jpg").convert("RGBA").save(images / "Persian_6.jpg", format="PNG")
+    Image.open(images / "Persian_7.jpg").convert("P").save(images / "Persian_7.jpg", format="GIF")
+    Image.open(images / "Persian_8.jpg").convert("L").save(images / "Persian_8.jpg", format="JPEG")
+    Image.open(images / "Persian_9.jpg").convert("CMYK").save(images / "Persian_9.jpg", format="JPEG")
+    return root
+
+
+def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, awkward_tree):
+    cfg = PrepareConfig(image_size=32, workers=2)
+    out = tmp_path / "prepared"
+    report = prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg)
+    reasons = {row["name"]: row["reason"] for row in report["skipped"]}
+    assert set(reasons) == {"Persian_1", "Persian_2", "Persian_3", "Persian_4", "Persian_5", "beagle_1"}
+    assert reasons["Persian_1"].startswith("image cannot be decoded")
+    assert reasons["Persian_2"].startswith("image cannot be decoded")
+    assert reasons["Persian_3"] == "trimap missing"
+    assert reasons["Persian_4"] == "trimap has values [7] outside {1, 2, 3}"
+    assert reasons["Persian_5"].startswith("trimap size 20x20 differs from image")
+    assert reasons["beagle_1"] == "image file missing"
+    assert report["skipped_count"] == 6
+    kept = {row["name"] for split in ("train", "valid", "test") for row in read_csv(out / f"{split}.csv")}
+    assert {"Persian_6", "Persian_7", "Persian_8", "Persian_9"} <= kept
+    assert report["counts"]["total"] == 28 - 6
+    for split in ("train", "valid", "test"):
+        assert (
+            len(np.load(out / f"{split}_images.npy")) == report["counts"][split] == len(read_csv(out / f"{split}.csv"))
+        )
+
+
+@pytest.mark.parametrize(("boundary", "values"), [("pet", {0, 1}), ("background", {0, 1}), ("ignore", {0, 1, 255})])
+def test_boundary_rule(tmp_path, synthetic_tree, boundary, values):
+    out = tmp_path / "prepared"
+    report = prepare_dataset(
+        synthetic_tree / "images",
+        synthetic_tree / "annotations",
+        out,
+        PrepareConfig(image_size=64, boundary=boundary, workers=1),
+    )
+    masks = np.load(out / "train_masks.npy")
+    assert set(np.unique(masks)) == values
+    assert report["boundary"] == boundary
+
+
+def test_boundary_as_pet_has_more_foreground_than_as_background(tmp_path, synthetic_tree):
+    fractions = {}
+    for boundary in ("pet", "background"):
+        report = prepare_dataset(
+            synthetic_tree / "images",
+            synthetic_tree / "annotations",
+            tmp_path / boundary,
+            PrepareConfig(image_size=64, boundary=boundary, workers=1),
+        )
+        fractions[boundary] = report["foreground_fraction"]["train"]
+    assert fractions["pet"] > fractions["background"]
+
+
+def test_real_mini_slice(tmp_path, mini_data):
+    sums = dict(line.split()[::-1] for line in (mini_data / "SHA256SUMS").read_text().splitlines())
+    params = {
+        "prepare": {
+            "source": mini_data.as_uri(),
+            "image_size": 64,
+            "checksums": {name: f"sha256:{digest}" for name, digest in sums.items()},
+        }
+    }
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    result = run_stage("prepare", tmp_path, env={"PETSEG_MLFLOW": "0"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "reports" / "prepare.json").read_text())
+    assert report["counts"] == {"train": 180, "valid": 20, "test": 198, "total": 398}
+    assert report["skipped"] == []
+    assert report["species"]["test"] == {"cat": 98, "dog": 100}
+    prepared = tmp_path / "data" / "prepared"
+    test_names = [row["name"] for row in read_csv(prepared / "test.csv")]
+    assert "Abyssinian_5" in test_names  # the RGBA PNG named .jpg is decoded, not skipped
+    masks = np.load(prepared / "test_masks.npy")
+    assert set(np.unique(masks)) == {0, 1}
+    index = test_names.index("Abyssinian_5")
+    assert np.load(prepared / "test_images.npy")[index].std() > 10  # real content, not a blank
+    shutil.rmtree(tmp_path / "data" / "raw")
