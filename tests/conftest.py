@@ -4,30 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
-from helpers import MINI_DATA, make_tree, pack, run_stage
-
-TINY_PARAMS = {
-    "prepare": {"image_size": 32, "workers": 2},
-    "train": {
-        "common": {"num_workers": 0, "threads": 1},
-        "unet": {"base_channels": 4, "epochs": 2, "batch_size": 8, "lr": 0.003},
-        "res34": {"epochs": 1, "batch_size": 8, "lr": 0.003},
-    },
-    "evaluate": {"batch_size": 8},
-    "infer": {"limit": 6, "grid_rows": 2},
-}
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = deep_merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def write_params(directory: Path, overrides: dict) -> None:
-    (directory / "params.yaml").write_text(yaml.safe_dump(deep_merge(TINY_PARAMS, overrides)))
+from helpers import MINI_DATA, make_tree, pack, run_stage, write_params
 
 
 @pytest.fixture(scope="session")

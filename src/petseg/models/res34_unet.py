@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Literal
 from urllib.error import URLError
@@ -19,8 +20,9 @@ def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
     if weights_path:
         try:
             return torch.load(weights_path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as err:
-            raise PetsegError(f"train.res34.weights_path: cannot load {weights_path} ({err})") from None
+        except (OSError, RuntimeError, pickle.UnpicklingError) as err:
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PetsegError(f"train.res34.weights_path: cannot load {weights_path} ({reason})") from None
     weights = ResNet34_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=True)
@@ -37,7 +39,10 @@ class Res34UNet(nn.Module):
         super().__init__()
         encoder = resnet34(weights=None)
         if pretrained == "imagenet":
-            encoder.load_state_dict(_imagenet_state_dict(weights_path))
+            try:
+                encoder.load_state_dict(_imagenet_state_dict(weights_path))
+            except RuntimeError as err:
+                raise PetsegError(f"train.res34: the weights are not a torchvision ResNet34 ({err})") from None
         self.stem = nn.Sequential(encoder.conv1, encoder.bn1, encoder.relu)  # 64 ch, 1/2
         self.pool = encoder.maxpool
         self.layers = nn.ModuleList([encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4])  # 1/4 .. 1/32

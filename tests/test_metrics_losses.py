@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from petseg.losses import BCEDiceLoss
+from petseg.metrics import confusion_counts, per_image_scores, summarize
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.uint8)
+
+
+def test_hand_computed_scores_with_an_ignored_pixel():
+    pred = t([[1, 1, 0, 0]]).bool()
+    target = t([[1, 0, 1, 255]])
+    assert confusion_counts(pred, target).tolist() == [[1, 1, 1, 0]]
+    scores = {k: float(v) for k, v in per_image_scores(confusion_counts(pred, target)).items()}
+    assert scores == pytest.approx({"dice": 0.5, "iou": 1 / 3, "accuracy": 1 / 3, "precision": 0.5, "recall": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "expected"),
+    [
+        ([0, 0, 0, 0], [0, 0, 0, 0], {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
+        ([1, 1, 1, 1], [1, 1, 1, 1], {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
+        ([1, 1, 1, 1], [0, 0, 0, 0], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 0.0, "recall": 1.0}),
+        ([0, 0, 0, 0], [1, 1, 1, 1], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 1.0, "recall": 0.0}),
+        (
+            [1, 1, 0, 0],
+            [255, 255, 255, 255],
+            {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0},
+        ),
+    ],
+    ids=["both-empty", "both-full", "all-false-positive", "all-missed", "all-ignored"],
+)
+def test_empty_and_full_masks_follow_the_documented_rule(pred, target, expected):
+    scores = per_image_scores(confusion_counts(t([pred]).bool(), t([target])))
+    assert {k: float(v) for k, v in scores.items()} == expected
+
+
+def numpy_reference(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Independent implementation: loops over images, pools pixels for the dataset level."""
+    dice, iou, pooled = [], [], np.zeros(3)
+    for p, g in zip(pred, target, strict=True):
+        keep = g != 255
+        p, g = p[keep].astype(bool), g[keep] == 1
+        tp, fp, fn = np.sum(p & g), np.sum(p & ~g), np.sum(~p & g)
+        dice.append(1.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
+        iou.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
+        pooled += (tp, fp, fn)
+    tp, fp, fn = pooled
+    return {
+        "dice_per_image": np.mean(dice),
+        "iou_per_image": np.mean(iou),
+        "dice_dataset": 2 * tp / (2 * tp + fp + fn),
+        "iou_dataset": tp / (tp + fp + fn),
+    }
+
+
+def test_agrees_with_an_independent_numpy_implementation():
+    rng = np.random.default_rng(0)
+    target = rng.choice(np.array([0, 1, 255], dtype=np.uint8), size=(16, 1, 20, 24), p=[0.5, 0.4, 0.1])
+    pred = rng.random((16, 1, 20, 24)) < 0.5
+    target[3] = 0  # an image with no pet
+    pred[3] = False  # ... correctly predicted empty
+    ours = summarize(confusion_counts(torch.from_numpy(pred), torch.from_numpy(target)))
+    for key, value in numpy_reference(pred, target).items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+    assert ours["images"] == 16
+
+
+def test_loss_ignores_ignore_pixels_and_matches_bce():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).to(torch.uint8)
+    target[:, :, :2] = 255
+    changed = logits.clone()
+    changed[:, :, :2] = 100.0  # wild logits where nothing is labelled
+    loss = BCEDiceLoss()
+    assert loss(logits, target) == pytest.approx(float(loss(changed, target)))
+    valid = target != 255
+    bce_only = BCEDiceLoss(bce_weight=1.0, dice_weight=0.0)(logits, target)
+    assert bce_only == pytest.approx(float(F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())))
+
+
+def test_loss_is_small_for_a_confident_right_answer_and_large_for_a_wrong_one():
+    target = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    target[..., 2:6, 2:6] = 1
+    right = torch.where(target == 1, 10.0, -10.0)
+    loss = BCEDiceLoss()
+    assert float(loss(right, target)) < 0.01
+    assert float(loss(-right, target)) > 5.0

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from urllib.error import URLError
+
+import pytest
+import torch
+from torchvision.models import resnet34
+
+from petseg.errors import PetsegError
+from petseg.models import build_model, count_parameters, model_from_weights
+from petseg.models import res34_unet as res34_module
+
+# Parameter counts at full width, as in the reference report.
+FULL_SIZE_PARAMETERS = {"unet": 31.03e6, "res34": 24.42e6}
+# Small widths keep the shape tests fast.
+SMALL = {"unet": {"base_channels": 8}, "res34": {}}
+
+
+@pytest.mark.parametrize("name", ["unet", "res34"])
+class TestModels:
+    @pytest.fixture
+    def model(self, name):
+        torch.manual_seed(0)
+        return build_model(name, **SMALL[name]).eval()
+
+    @pytest.mark.parametrize("size", [(64, 64), (96, 96), (256, 256), (96, 160), (75, 121)])
+    def test_output_shape_equals_input_shape(self, model, size):
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, *size))
+        assert out.shape == (2, 1, *size)
+        assert torch.isfinite(out).all()
+
+    def test_gradients_reach_every_parameter(self, model):
+        model.train()
+        loss = model(torch.randn(2, 3, 64, 64)).mean()
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert missing == []
+        assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+    def test_parameter_count_matches_the_reference(self, name):
+        count = count_parameters(build_model(name))
+        print(f"{name}: {count / 1e6:.2f} M parameters")
+        assert count == pytest.approx(FULL_SIZE_PARAMETERS[name], rel=0.005)
+
+    def test_rebuild_from_weights_gives_identical_outputs(self, name, model):
+        clone = model_from_weights(name, SMALL[name], model.state_dict())
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            assert torch.equal(model(x), clone(x))
+
+
+def test_unet_width_and_batch_norm_options():
+    plain = build_model("unet", base_channels=16)
+    normed = build_model("unet", base_channels=16, batch_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.modules()) == 18
+    assert count_parameters(plain) == pytest.approx(31.03e6 / 16, rel=0.01)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(PetsegError, match=r"unknown model 'vgg' \(allowed: unet, res34\)"):
+        build_model("vgg")
+
+
+def test_res34_encoder_is_torchvision_resnet34_and_loads_local_weights(tmp_path):
+    reference = resnet34()
+    path = tmp_path / "resnet34.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model("res34", pretrained="imagenet", weights_path=str(path))
+    assert torch.equal(model.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(model.layers[3][2].conv2.weight, reference.layer4[2].conv2.weight)
+
+
+def test_imagenet_weights_offline_is_one_clear_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(res34_module.ResNet34_Weights.IMAGENET1K_V1, "get_state_dict", offline, raising=False)
+    with pytest.raises(PetsegError) as err:
+        build_model("res34", pretrained="imagenet")
+    message = str(err.value)
+    assert "cannot get https://download.pytorch.org/models/resnet34-b627a593.pth" in message
+    assert "train.res34.weights_path" in message and "resnet34-b627a593.pth" in message
+
+
+def test_bad_weights_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text("not weights")
+    with pytest.raises(PetsegError, match=r"train.res34.weights_path: cannot load"):
+        build_model("res34", pretrained="imagenet", weights_path=str(path))

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import TINY_PARAMS, deep_merge, run_stage
+
+from petseg.checkpoint import load_checkpoint
+from petseg.config import parse_params
+from petseg.engine import TrainPaths, train
+from petseg.errors import PetsegError
+from petseg.losses import BCEDiceLoss
+from petseg.models import build_model, model_from_weights
+from petseg.reports import TIMING_FIELDS, write_training_reports
+
+
+def run_training(project, name="unet", overrides=None, tracker=None):
+    params = parse_params(deep_merge(TINY_PARAMS, overrides or {}))
+    paths = TrainPaths(best=project / "models" / f"{name}.pt", last=project / "models" / f"{name}.last.pt")
+    state, weights = train(name, params, project / "data" / "prepared", paths, tracker)
+    write_training_reports(state, project / "reports" / "train" / name)
+    return state, weights
+
+
+def without_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in history]
+
+
+@pytest.mark.parametrize("name", ["unet", "res34"])
+def test_stage_writes_every_output(project, name):
+    result = run_stage("train", project, "--model", name, env={"PETSEG_MLFLOW": "0"})
+    assert result.returncode == 0, result.stderr
+    epochs = TINY_PARAMS["train"][name]["epochs"]
+    assert f"train_{name}: epoch {epochs}/{epochs} train_loss" in result.stdout
+    ckpt = load_checkpoint(project / "models" / f"{name}.pt")
+    assert ckpt["model"]["name"] == name and ckpt["image_size"] == 32
+    model = model_from_weights(name, ckpt["model"]["params"], ckpt["state_dict"])
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+    out = project / "reports" / "train" / name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"best_epoch", "epochs_run", "train_loss", "val_loss", "val_dice", "val_iou"}
+    assert 0 <= metrics["val_dice"] <= 1 and metrics["epochs_run"] == epochs
+    assert set(json.loads((out / "timing.json").read_text())) == {"total_seconds", "images_per_second"}
+    history = (out / "history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr,epoch_seconds,images_per_second"
+    assert len(history) == 1 + epochs
+    for png in ("loss.png", "dice.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_params_give_bit_identical_metrics(tmp_path, project):
+    first, _ = run_training(project)
+    metrics_a = (project / "reports" / "train" / "unet" / "metrics.json").read_bytes()
+    (project / "models" / "unet.last.pt").unlink()
+    second, _ = run_training(project)
+    assert without_timing(first.history) == without_timing(second.history)
+    assert (project / "reports" / "train" / "unet" / "metrics.json").read_bytes() == metrics_a
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfterEpoch:
+    """Stands in for the MLflow tracker and 'crashes' once an epoch is fully saved."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.epoch:
+            raise Interrupt
+
+
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys):
+    overrides = {"train": {"unet": {"epochs": 3}}}
+    uninterrupted, _ = run_training(project, overrides=overrides)
+    reference = (project / "reports" / "train" / "unet" / "metrics.json").read_bytes()
+    (project / "models" / "unet.last.pt").unlink()
+    with pytest.raises(Interrupt):
+        run_training(project, overrides=overrides, tracker=InterruptAfterEpoch(2))
+    assert load_checkpoint(project / "models" / "unet.last.pt")["train_state"]["epoch"] == 2
+    resumed, _ = run_training(project, overrides=overrides)
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    assert without_timing(resumed.history) == without_timing(uninterrupted.history)
+    assert (project / "reports" / "train" / "unet" / "metrics.json").read_bytes() == reference
+
+
+def test_checkpoint_from_other_params_is_not_resumed(project, capsys):
+    run_training(project)
+    state, _ = run_training(project, overrides={"train": {"unet": {"lr": 0.001}}})
+    assert "is from other params or data; starting over" in capsys.readouterr().out
+    assert state.epoch == 2 and len(state.history) == 2
+
+
+def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(project, monkeypatch):
+    real_forward = BCEDiceLoss.forward
+    calls = []
+
+    def nan_from_epoch_two(self, logits, target):
+        calls.append(1)
+        loss = real_forward(self, logits, target)
+        return loss * float("nan") if len(calls) > 3 else loss  # epoch 1 = 2 train steps + 1 validation batch
+
+    monkeypatch.setattr(BCEDiceLoss, "forward", nan_from_epoch_two)
+    with pytest.raises(PetsegError, match=r"train_unet: loss became nan at epoch 2, step 1; lower train.unet.lr"):
+        run_training(project)
+    last = load_checkpoint(project / "models" / "unet.last.pt")
+    assert last["train_state"]["epoch"] == 1 and len(last["train_state"]["history"]) == 1
+    assert not (project / "models" / "unet.pt").exists()  # no half-finished run posing as a result
+
+
+def test_early_stopping(project, capsys):
+    overrides = {"train": {"unet": {"epochs": 5, "lr": 1e-12, "early_stop_patience": 2, "plateau_patience": 10}}}
+    state, _ = run_training(project, overrides=overrides)
+    assert "early stop, no improvement for 2 epochs" in capsys.readouterr().out
+    assert state.epoch == 3 and state.best_epoch == 1
+
+
+def test_one_batch_overfits():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 32, 32)
+    masks = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)
+    masks[:, :, 8:24, 10:20] = 1
+    model = build_model("unet", base_channels=8, batch_norm=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = BCEDiceLoss()
+    losses = []
+    for _ in range(60):
+        loss = loss_fn(model(images), masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
