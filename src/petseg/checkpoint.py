@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise PetsegError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's advice to retry with weights_only=False is not for us
+            data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unsafe pickle"
+        detail = str(err).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+        detail = " ".join(detail.split()) or "unsupported pickle content"
         raise PetsegError(
-            f"{path}: refused: not a plain-tensor checkpoint (weights_only load failed: {reason[:200]})"
+            f"{path}: refused: not a plain-tensor checkpoint, it holds pickled objects or code ({detail[:200]})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise PetsegError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:200]})") from None

@@ -1,0 +1,77 @@
+"""The `petseg` command: work outside the DVC pipeline (predict on any image, benchmarks)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from petseg import __version__
+from petseg.errors import PetsegError, exits_cleanly
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="petseg", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"petseg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="write pet masks for your own images")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or directories")
+    predict.add_argument("--model", required=True, type=Path, help="a checkpoint, e.g. models/res34.pt")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="output directory")
+    predict.add_argument("--threshold", type=_threshold, default=0.5)
+    predict.add_argument("--batch-size", type=_positive, default=8)
+    predict.add_argument("--overlays", action="store_true", help="also write <name>_overlay.png")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+    bench = commands.add_parser("bench", help="throughput benchmarks (ratios from one run)")
+    which = bench.add_subparsers(dest="bench", required=True)
+    prep = which.add_parser("prepare", help="prepare path vs a naive PIL loop")
+    prep.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
+    prep.add_argument("--size", type=_positive, default=256)
+    prep.add_argument("--workers", type=int, default=0, help="decode processes; 0 = one per core")
+    train = which.add_parser("train", help="model-only vs whole-step training throughput")
+    train.add_argument("--model", choices=("unet", "res34"), default="res34")
+    train.add_argument("--size", type=_positive, default=128)
+    train.add_argument("--batch-size", type=_positive, default=8)
+    train.add_argument("--steps", type=_positive, default=4)
+    train.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    train.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
+    return parser
+
+
+@exits_cleanly
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        from petseg.inference import Predictor
+        from petseg.predict import predict_paths
+        from petseg.runtime import resolve_device
+
+        predictor = Predictor(args.model, resolve_device(args.device))
+        summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
+        print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
+        return 1 if summary.failed or not summary.written else 0
+    from petseg import bench
+
+    if args.bench == "prepare":
+        bench.bench_prepare(args.source, args.size, args.workers or os.cpu_count() or 1)
+    elif args.bench == "train":
+        bench.bench_train(args.model, args.size, args.batch_size, args.steps, args.workers, args.threads)
+    else:  # argparse guarantees one of the above
+        raise PetsegError(f"unknown benchmark {args.bench}")
+    return 0

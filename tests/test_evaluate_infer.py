@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_stage
+from PIL import Image
+
+from petseg.checkpoint import load_checkpoint, save_checkpoint
+from petseg.cli import main as petseg_main
+from petseg.errors import PetsegError
+
+NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prepared_project):
+    """Both tiny models trained once on the synthetic data; tests copy what they need."""
+    project = tmp_path_factory.mktemp("trained")
+    shutil.copytree(prepared_project / "data", project / "data")
+    shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
+    for name in ("unet", "res34"):
+        result = run_stage("train", project, "--model", name, env=NO_MLFLOW)
+        assert result.returncode == 0, result.stderr
+    return project
+
+
+def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
+    result = run_stage("evaluate", trained, env=NO_MLFLOW)
+    assert result.returncode == 0, result.stderr
+    out = trained / "reports" / "evaluate"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"unet", "res34"}
+    for scores in metrics.values():
+        for key in (
+            "dice_per_image",
+            "iou_per_image",
+            "dice_dataset",
+            "iou_dataset",
+            "accuracy_dataset",
+            "precision_dataset",
+            "recall_dataset",
+        ):
+            assert 0.0 <= scores[key] <= 1.0, key
+        assert scores["images"] == 8
+        assert set(scores["species"]) == {"cat", "dog"} and scores["species"]["cat"]["images"] == 4
+    with (out / "per_breed.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["model"], r["breed"], r["species"]) for r in rows} == {
+        (m, b, s) for m in ("unet", "res34") for b, s in (("Persian", "cat"), ("beagle", "dog"))
+    }
+    for png in ("comparison.png", "dice_hist.png"):
+        assert Image.open(out / png).size[0] > 300
+
+
+def test_infer_writes_original_size_masks_and_grids(trained):
+    result = run_stage("infer", trained, env=NO_MLFLOW)
+    assert result.returncode == 0, result.stderr
+    with (trained / "data" / "prepared" / "test.csv").open() as handle:
+        rows = {r["name"]: r for r in csv.DictReader(handle)}
+    for name in ("unet", "res34"):
+        masks = sorted((trained / "reports" / "infer" / name / "masks").glob("*.png"))
+        assert len(masks) == 6  # infer.limit
+        for path in masks:
+            mask = np.asarray(Image.open(path))
+            row = rows[path.stem]
+            assert mask.shape == (int(row["height"]), int(row["width"]))  # original size, not 32 px
+            assert set(np.unique(mask)) <= {0, 255}
+        grid = Image.open(trained / "reports" / "infer" / name / "overlays.png")
+        assert grid.size[1] > grid.size[0]  # 4 rows (2 best + 2 worst) of 3 panels
+
+
+def test_evaluate_refuses_a_foreign_or_code_carrying_checkpoint(trained, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    torch.save({"weights": torch.zeros(2)}, project / "models" / "unet.pt")
+    result = run_stage("evaluate", project, env=NO_MLFLOW)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == "petseg: error: models/unet.pt: not a petseg checkpoint (train one with "
+        "`dvc repro` or `python -m stages.train`)"
+    )
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    with (project / "models" / "unet.pt").open("wb") as handle:
+        pickle.dump({"format": "petseg-checkpoint", "x": Payload()}, handle)
+    result = run_stage("evaluate", project, env=NO_MLFLOW)
+    assert result.returncode == 2 and "code ran" not in result.stdout
+    assert result.stderr.startswith("petseg: error: models/unet.pt: refused: not a plain-tensor checkpoint")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_checkpoint_round_trip_and_missing_file(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(2)}})
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["state_dict"]["w"], torch.ones(2))
+    with pytest.raises(PetsegError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.fixture
+def photos(tmp_path, synthetic_tree):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(synthetic_tree / "images" / "Persian_1.jpg", folder / "cat.jpg")
+    Image.open(synthetic_tree / "images" / "beagle_2.jpg").save(folder / "dog.png")
+    Image.open(synthetic_tree / "images" / "beagle_3.jpg").convert("L").save(folder / "gray.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_mixed_inputs(trained, photos, tmp_path, capsys):
+    out = tmp_path / "masks"
+    code = petseg_main(
+        [
+            "predict",
+            "--model",
+            str(trained / "models" / "res34.pt"),
+            "--out",
+            str(out),
+            "--overlays",
+            "--device",
+            "cpu",
+            str(photos),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1  # one input failed
+    assert f"petseg: error: {photos / 'notes.txt'}: not a readable image" in captured.err
+    assert "predict: 3 masks written" in captured.out and "1 failed" in captured.out
+    for stem, source in (("cat", "cat.jpg"), ("dog", "dog.png"), ("gray", "gray.jpg")):
+        mask = np.asarray(Image.open(out / f"{stem}.png"))
+        assert mask.shape == Image.open(photos / source).size[::-1]
+        assert set(np.unique(mask)) <= {0, 255}
+        assert Image.open(out / f"{stem}_overlay.png").mode == "RGB"
+
+
+def test_predict_respects_exif_orientation(trained, synthetic_tree, tmp_path, capsys):
+    image = Image.open(synthetic_tree / "images" / "Persian_2.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    code = petseg_main(
+        [
+            "predict",
+            "--model",
+            str(trained / "models" / "unet.pt"),
+            "--out",
+            str(tmp_path / "o"),
+            "--device",
+            "cpu",
+            str(tmp_path / "rotated.jpg"),
+        ]
+    )
+    assert code == 0
+    assert Image.open(tmp_path / "o" / "rotated.png").size == (image.height, image.width)
+
+
+def test_predict_unreadable_path_and_empty_directory(trained, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = petseg_main(
+        [
+            "predict",
+            "--model",
+            str(trained / "models" / "unet.pt"),
+            "--out",
+            str(tmp_path / "o"),
+            str(tmp_path / "empty"),
+            str(tmp_path / "nope.jpg"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{tmp_path / 'empty'}: empty directory, nothing to predict" in err
+    assert f"{tmp_path / 'nope.jpg'}: no such file or directory" in err
+
+
+def test_predict_with_a_missing_model_is_one_line(tmp_path, capsys):
+    code = petseg_main(["predict", "--model", str(tmp_path / "none.pt"), str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"petseg: error: {tmp_path / 'none.pt'}: checkpoint not found"
