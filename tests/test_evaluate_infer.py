@@ -56,6 +56,9 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
     }
     for png in ("comparison.png", "dice_hist.png"):
         assert Image.open(out / png).size[0] > 300
+    first = (out / "metrics.json").read_bytes()
+    assert run_stage("evaluate", trained, env=NO_MLFLOW).returncode == 0
+    assert (out / "metrics.json").read_bytes() == first  # bit-identical on a rerun
 
 
 def test_infer_writes_original_size_masks_and_grids(trained):

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -109,6 +110,11 @@ def _http_download(url: str, part: Path) -> None:
                 resumed = have > 0 and resp.status == 206
                 length = int(resp.headers.get("Content-Length") or 0)
                 start = have if resumed else 0
+                free = shutil.disk_usage(part.parent).free
+                if length > free:
+                    raise PetsegError(
+                        f"{part.parent}: {length / 1e9:.2f} GB to download but only {free / 1e9:.2f} GB free"
+                    )
                 with part.open("ab" if resumed else "wb") as writer:
                     bar = progress(
                         total=(start + length) or None,

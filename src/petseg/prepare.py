@@ -24,7 +24,7 @@ from PIL import Image
 
 from petseg.config import PrepareConfig
 from petseg.errors import PetsegError
-from petseg.fileio import atomic_dir
+from petseg.fileio import atomic_dir, ensure_writable
 from petseg.progress import progress
 
 SPLITS = ("train", "valid", "test")
@@ -157,6 +157,8 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
     """Decode, validate and cache every listed sample; return the report dictionary."""
     splits = build_splits(annotations_dir, cfg)
     size = cfg.image_size
+    listed = sum(len(entries) for entries in splits.values())
+    ensure_writable(out_dir.parent, need_bytes=listed * size * size * 4)  # 3 image bytes + 1 mask byte per pixel
     workers = cfg.workers or os.cpu_count() or 1
     skipped: list[dict] = []
     report: dict = {

@@ -7,6 +7,7 @@ fails at any point, we warn once and carry on without it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -169,6 +170,8 @@ class Tracker:
             import torch
             import torchvision
 
+            # Signature inference goes through torch.export, which logs shape-specialisation notes.
+            logging.getLogger("torch._export").setLevel(logging.ERROR)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mlflow.pytorch.log_model(

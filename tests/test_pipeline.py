@@ -1,0 +1,133 @@
+"""The pipeline as users drive it: dvc repro, no-op rerun, experiments, metrics/plots diffs, MLflow read-back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import MINI_DATA, REPO, TINY_PARAMS, deep_merge
+
+pytestmark = pytest.mark.slow
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "petseg-test",
+    "GIT_AUTHOR_EMAIL": "test@petseg.invalid",
+    "GIT_COMMITTER_NAME": "petseg-test",
+    "GIT_COMMITTER_EMAIL": "test@petseg.invalid",
+}
+
+
+def sh(cwd: Path, *cmd: str, timeout: int = 900) -> str:
+    env = (
+        os.environ
+        | GIT_ENV
+        | {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # `python` = this venv
+            "DVC_NO_ANALYTICS": "1",
+            "PETSEG_PROGRESS": "0",
+        }
+    )
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def copy_project(dest: Path) -> None:
+    """What a clone holds: the tracked files of this checkout."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+
+
+def declared_outputs(dvc_yaml: Path) -> list[str]:
+    paths = []
+    for stage in yaml.safe_load(dvc_yaml.read_text())["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                paths.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return paths
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture(params=["synthetic", "mini"])
+def source(request, synthetic_archives) -> Path:
+    if request.param == "synthetic":
+        return synthetic_archives[0]
+    if not (MINI_DATA / "images.tar.gz").exists():
+        pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
+    return MINI_DATA
+
+
+def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
+    project = tmp_path / "project"
+    project.mkdir()
+    copy_project(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    tiny = deep_merge(TINY_PARAMS, {"prepare": {"source": str(source)}, "train": {"res34": {"epochs": 2}}})
+    (project / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, tiny), sort_keys=False))
+    sh(project, "git", "init", "-q")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "tiny petseg")
+
+    first = sh(project, "dvc", "repro")
+    assert ran_stages(first) == ["prepare", "train_unet", "train_res34", "evaluate", "infer"]
+    for path in declared_outputs(project / "dvc.yaml"):
+        assert (project / path).exists(), f"declared output missing: {path}"
+
+    again = sh(project, "dvc", "repro")
+    assert ran_stages(again) == [] and "Data and pipelines are up to date." in again
+
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-qm", "baseline results")
+    before = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    experiment = sh(project, "dvc", "exp", "run", "-n", "res34-faster", "-S", "train.res34.lr=0.03")
+    assert ran_stages(experiment) == ["train_res34", "evaluate", "infer"]  # only what the param touches
+    after = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    assert after["unet"] == before["unet"] and after["res34"] != before["res34"]
+
+    diff = json.loads(sh(project, "dvc", "metrics", "diff", "--json"))
+    changed = diff["reports/evaluate/metrics.json"]
+    assert any(key.startswith("res34.") for key in changed)
+    assert not any(key.startswith("unet.") and value.get("diff") for key, value in changed.items())
+    sh(project, "dvc", "plots", "diff", "HEAD", "-o", "dvc_plots")
+    assert (project / "dvc_plots" / "index.html").stat().st_size > 1000
+    shown = sh(project, "dvc", "exp", "show", "--csv")
+    assert "res34-faster" in shown
+
+    # A temp experiment runs in a copy under .dvc/tmp/exps but logs into the workspace's MLflow database.
+    sh(project, "dvc", "exp", "run", "--temp", "-n", "in-temp-copy", "-S", "train.res34.lr=0.01")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("petseg").experiment_id
+    runs = client.search_runs([experiment_id], max_results=100)
+    names = {run.info.run_name for run in runs}
+    assert {
+        "workspace-prepare",
+        "workspace-unet",
+        "workspace-res34",
+        "workspace-unet-evaluate",
+        "workspace-res34-evaluate",
+        "res34-faster-res34",
+        "in-temp-copy-res34",
+    } <= names
+    temp_run = next(run for run in runs if run.info.run_name == "in-temp-copy-res34")
+    assert temp_run.data.tags["dvc.exp_name"] == "in-temp-copy" and temp_run.data.tags.get("dvc.baseline_rev")
+    evaluate_run = next(run for run in runs if run.info.run_name == "res34-faster-res34-evaluate")
+    training_run = next(run for run in runs if run.info.run_name == "res34-faster-res34")
+    assert evaluate_run.data.tags["training_run_id"] == training_run.info.run_id
+    assert "test_dice_per_image" in evaluate_run.data.metrics
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into the temp copy
