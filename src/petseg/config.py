@@ -109,6 +109,7 @@ class TrainCommonConfig:
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = one per core
     num_workers: int = 2
+    nproc: int = 1  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
     select_by: Literal["dice", "loss"] = "dice"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -116,6 +117,7 @@ class TrainCommonConfig:
     def validate(self, key: str) -> None:
         _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
         _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
+        _check(self.nproc >= 1, f"{key}.nproc", ">= 1", self.nproc)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,16 @@ class TrainConfig:
     common: TrainCommonConfig = field(default_factory=TrainCommonConfig)
     unet: UNetTrainConfig = field(default_factory=UNetTrainConfig)
     res34: Res34TrainConfig = field(default_factory=Res34TrainConfig)
+
+    def validate(self, key: str) -> None:
+        for name in MODEL_NAMES:
+            batch_size = getattr(self, name).batch_size
+            _check(
+                batch_size % self.common.nproc == 0,
+                f"{key}.{name}.batch_size",
+                f"a multiple of {key}.common.nproc ({self.common.nproc}): each process takes an equal share",
+                batch_size,
+            )
 
     def model(self, name: str) -> ModelTrainConfig:
         if name not in MODEL_NAMES:

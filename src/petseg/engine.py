@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.config import Params
 from petseg.data import PreparedSplit, read_meta
+from petseg.distributed import Context, per_process_batch
 from petseg.errors import PetsegError
 from petseg.losses import BCEDiceLoss
 from petseg.metrics import confusion_counts, summarize
@@ -108,28 +110,75 @@ def evaluate_loader(
     return torch.cat(counts) if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
 
 
+def _train_epoch(
+    model, forward, loader, optimizer, scaler, loss_fn, device, common, context: Context, desc: str, where: str
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns (loss sum, images) summed over every process."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    bar = progress(loader, desc=desc, unit=" batch", quiet=not context.is_main)
+    for step, (images, masks) in enumerate(bar, start=1):
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if common.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, common.amp):
+            loss = loss_fn(forward(images), masks)
+        loss_value = loss.item()
+        # Every process must agree to stop, or the others would wait forever in the next all-reduce.
+        if not context.all_true(math.isfinite(loss_value)):
+            raise PetsegError(
+                f"loss became {loss_value if not math.isfinite(loss_value) else 'nan'} at {where}, step {step}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss_value * len(images)
+        seen += len(images)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    total_loss, total_seen = context.sum(loss_sum, seen)
+    return total_loss, int(total_seen)
+
+
 def train(
-    name: str, params: Params, prepared_dir: Path, paths: TrainPaths, tracker=None
+    name: str, params: Params, prepared_dir: Path, paths: TrainPaths, tracker=None, context: Context | None = None
 ) -> tuple[TrainState, dict[str, torch.Tensor]]:
-    """Train ``name`` per ``params``; returns the final state and the best weights (CPU)."""
+    """Train ``name`` per ``params``; returns the final state and the best weights (CPU).
+
+    Under torchrun each process trains on its shard of every global batch (DistributedSampler,
+    ``batch_size`` split evenly), metrics are reduced over all processes, and only rank 0 writes.
+    """
+    context = context or Context()
     common, cfg = params.train.common, params.train.model(name)
     meta = read_meta(prepared_dir)
     size = meta["image_size"]
     configure_threads(common.threads)
     make_deterministic()
     device = resolve_device(common.device)
+    if device.type == "cuda" and context.active:
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
     seed_everything(common.seed)
+    batch_size = per_process_batch(cfg.batch_size, context, f"train.{name}.batch_size")
 
     model_params = cfg.model_params()
     model = build_model(name, **model_params).to(device)
     if common.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if common.compile else model
+    wrapped = (
+        DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        if context.active
+        else model
+    )
+    forward = torch.compile(wrapped) if common.compile else wrapped
     mean, std = normalization(model_params)
     train_set = PreparedSplit(prepared_dir, "train", train_transforms(common.augment, size, mean, std))
     valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
-    if len(train_set) == 0 or len(valid_set) == 0:
-        raise PetsegError(f"{prepared_dir}: train or valid split is empty; check reports/prepare.json")
+    if len(train_set) < cfg.batch_size or len(valid_set) == 0:
+        raise PetsegError(
+            f"{prepared_dir}: {len(train_set)} train / {len(valid_set)} valid samples, too few for "
+            f"train.{name}.batch_size {cfg.batch_size}; check reports/prepare.json"
+        )
 
     loss_fn = BCEDiceLoss(common.loss.bce_weight, common.loss.dice_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -141,6 +190,7 @@ def train(
     state = TrainState()
     best_weights = cpu_state_dict(model)
     fingerprint = run_fingerprint(name, params, meta)
+    say = print if context.is_main else (lambda *args, **kwargs: None)
 
     if paths.last.exists():
         saved = load_checkpoint(paths.last)
@@ -151,58 +201,64 @@ def train(
             scaler.load_state_dict(saved["scaler"])
             state = TrainState(**saved["train_state"])
             best_weights = saved["best_state_dict"]
-            print(f"train_{name}: resuming after epoch {state.epoch} from {paths.last}")
+            say(f"train_{name}: resuming after epoch {state.epoch} from {paths.last}")
         else:
-            print(f"train_{name}: {paths.last} is from other params or data; starting over")
+            say(f"train_{name}: {paths.last} is from other params or data; starting over")
 
+    # The same sampler with one process or many: the global batches are the same sets of images either way.
+    sampler = DistributedSampler(
+        train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=common.seed, drop_last=True
+    )
+    valid_shard = Subset(valid_set, range(context.rank, len(valid_set), context.world_size))
     valid_loader = DataLoader(
-        valid_set, batch_size=cfg.batch_size, num_workers=common.num_workers, pin_memory=device.type == "cuda"
+        valid_shard, batch_size=batch_size, num_workers=common.num_workers, pin_memory=device.type == "cuda"
     )
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.early_stop_patience and state.epochs_without_improvement >= cfg.early_stop_patience:
-            print(f"train_{name}: early stop, no improvement for {state.epochs_without_improvement} epochs")
+            say(f"train_{name}: early stop, no improvement for {state.epochs_without_improvement} epochs")
             break
         started = time.perf_counter()
-        torch.manual_seed(common.seed * 100_003 + epoch)
+        # Per-epoch seeds: a resumed run replays exactly the augmentations of an uninterrupted one.
+        epoch_seed = common.seed * 100_003 + epoch * 1_009 + context.rank
+        torch.manual_seed(epoch_seed)
+        sampler.set_epoch(epoch)
         train_loader = DataLoader(
             train_set,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(train_set) > cfg.batch_size,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,
             num_workers=common.num_workers,
             pin_memory=device.type == "cuda",
-            generator=torch.Generator().manual_seed(common.seed * 100_003 + epoch),
+            generator=torch.Generator().manual_seed(epoch_seed),
         )
-        model.train()
-        loss_sum, seen = 0.0, 0
-        bar = progress(train_loader, desc=f"{name} epoch {epoch}/{cfg.epochs}", unit=" batch")
-        for step, (images, masks) in enumerate(bar, start=1):
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            if common.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, common.amp):
-                loss = loss_fn(forward(images), masks)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise PetsegError(
-                    f"train_{name}: loss became {loss_value} at epoch {epoch}, step {step}; lower "
-                    f"train.{name}.lr or check the data. Last good checkpoint kept: {paths.last}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += loss_value * len(images)
-            seen += len(images)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        try:
+            loss_sum, seen = _train_epoch(
+                model,
+                forward,
+                train_loader,
+                optimizer,
+                scaler,
+                loss_fn,
+                device,
+                common,
+                context,
+                f"{name} epoch {epoch}/{cfg.epochs}",
+                f"epoch {epoch}",
+            )
+        except PetsegError as err:
+            raise PetsegError(
+                f"train_{name}: {err}; lower train.{name}.lr or check the data. Last good checkpoint kept: {paths.last}"
+            ) from None
         train_seconds = time.perf_counter() - started
 
         counts, val_loss = evaluate_loader(model, valid_loader, device, 0.5, loss_fn, common.amp, desc="validate")
+        val_loss_sum, _ = context.sum(val_loss * len(counts) if len(counts) else 0.0, 0.0)
+        counts = context.gather(counts)
         scores = summarize(counts)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / seen,
-            "val_loss": val_loss,
+            "val_loss": val_loss_sum / len(counts),
             "val_dice": scores["dice_per_image"],
             "val_iou": scores["iou_per_image"],
             "lr": optimizer.param_groups[0]["lr"],
@@ -218,26 +274,29 @@ def train(
             best_weights = cpu_state_dict(model)
         else:
             state.epochs_without_improvement += 1
-        save_checkpoint(
-            paths.last,
-            {
-                "fingerprint": fingerprint,
-                "state_dict": cpu_state_dict(model),
-                "best_state_dict": best_weights,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "train_state": asdict(state),
-            },
-        )
+        if context.is_main:
+            save_checkpoint(
+                paths.last,
+                {
+                    "fingerprint": fingerprint,
+                    "state_dict": cpu_state_dict(model),
+                    "best_state_dict": best_weights,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "train_state": asdict(state),
+                },
+            )
         if tracker is not None:
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-        print(
+        say(
             f"train_{name}: epoch {epoch}/{cfg.epochs} train_loss {row['train_loss']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_dice {row['val_dice']:.4f} val_iou {row['val_iou']:.4f} "
             f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
             + (" *best" if state.best_epoch == epoch else "")
         )
     # Written once at the end (a resumed or already finished run too): its presence means a finished run.
-    save_checkpoint(paths.best, model_payload(name, model_params, size, best_weights) | {"epoch": state.best_epoch})
+    if context.is_main:
+        save_checkpoint(paths.best, model_payload(name, model_params, size, best_weights) | {"epoch": state.best_epoch})
+    context.barrier()
     return state, best_weights

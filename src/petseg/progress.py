@@ -9,9 +9,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
-def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
+def progress(iterable: Any = None, quiet: bool = False, **kwargs: Any) -> tqdm:
     forced = os.environ.get("PETSEG_PROGRESS")
-    disable = forced == "0" if forced is not None else not sys.stderr.isatty()
+    disable = quiet or (forced == "0" if forced is not None else not sys.stderr.isatty())
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(iterable, disable=disable, file=sys.stderr, **kwargs)

@@ -18,8 +18,9 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_threads(threads: int) -> None:
-    """Use every core for intra-op math unless told otherwise (0 = one thread per core)."""
-    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    """Intra-op threads: ``threads``, or (0) the cores shared evenly by the processes on this machine."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // processes))
 
 
 def resolve_device(name: str) -> torch.device:

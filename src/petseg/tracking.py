@@ -74,8 +74,9 @@ def run_tags(stage: str, model: str | None = None) -> dict[str, str]:
 class Tracker:
     """An MLflow run as a context manager whose every call is best effort."""
 
-    def __init__(self, experiment: str, run_name: str, tags: dict[str, str]):
+    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True):
         self.experiment, self.run_name, self.tags = experiment, run_name, tags
+        self.enabled = enabled and os.environ.get("PETSEG_MLFLOW") != "0"  # PETSEG_MLFLOW=0: user opted out
         self.uri = tracking_uri()
         self.run_id: str | None = None
         self._mlflow: Any = None
@@ -106,8 +107,8 @@ class Tracker:
         self._mlflow = None
 
     def __enter__(self) -> Tracker:
-        if os.environ.get("PETSEG_MLFLOW") == "0":
-            return self  # tracking switched off by the user
+        if not self.enabled:
+            return self
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
