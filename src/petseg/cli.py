@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=("unet", "res34"), default="res34")
     train.add_argument("--size", type=_positive, default=128)
     train.add_argument("--batch-size", type=_positive, default=8)
-    train.add_argument("--steps", type=_positive, default=4)
-    train.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    train.add_argument("--steps", type=_positive, default=10)
+    train.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: what training picks)")
     train.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
     return parser
 

@@ -30,7 +30,7 @@ from petseg.losses import BCEDiceLoss
 from petseg.metrics import confusion_counts, summarize
 from petseg.models import build_model, normalization
 from petseg.progress import progress
-from petseg.runtime import configure_threads, make_deterministic, resolve_device, seed_everything
+from petseg.runtime import configure_threads, loader_workers, make_deterministic, resolve_device, seed_everything
 from petseg.transforms import eval_transforms, train_transforms
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_second")
@@ -191,6 +191,7 @@ def train(
     best_weights = cpu_state_dict(model)
     fingerprint = run_fingerprint(name, params, meta)
     say = print if context.is_main else (lambda *args, **kwargs: None)
+    workers = loader_workers(common.num_workers, device)
 
     if paths.last.exists():
         saved = load_checkpoint(paths.last)
@@ -210,9 +211,7 @@ def train(
         train_set, num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=common.seed, drop_last=True
     )
     valid_shard = Subset(valid_set, range(context.rank, len(valid_set), context.world_size))
-    valid_loader = DataLoader(
-        valid_shard, batch_size=batch_size, num_workers=common.num_workers, pin_memory=device.type == "cuda"
-    )
+    valid_loader = DataLoader(valid_shard, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if cfg.early_stop_patience and state.epochs_without_improvement >= cfg.early_stop_patience:
             say(f"train_{name}: early stop, no improvement for {state.epochs_without_improvement} epochs")
@@ -227,7 +226,7 @@ def train(
             batch_size=batch_size,
             sampler=sampler,
             drop_last=True,
-            num_workers=common.num_workers,
+            num_workers=workers,
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(epoch_seed),
         )

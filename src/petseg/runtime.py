@@ -36,3 +36,15 @@ def make_deterministic() -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
+
+
+def loader_workers(requested: int, device: torch.device) -> int:
+    """DataLoader workers; on CPU only as many as the cores left over by the compute threads.
+
+    On a 2-core machine one worker process steals a core from the two math threads and slows a
+    training step by ~20 %, while loading in the main process costs ~2 % (``petseg bench train``).
+    """
+    if device.type == "cuda":
+        return requested
+    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(requested, spare))

@@ -1,0 +1,46 @@
+"""The `petseg` command's benchmarks run and report (their numbers are never asserted: machines are noisy)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import TINY_PARAMS, deep_merge
+
+from petseg.cli import main as petseg_main
+from petseg.config import parse_params
+from petseg.engine import TrainPaths, train
+
+
+def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert petseg_main(["bench", "prepare", "--source", str(synthetic_archives[0]), "--size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "ratio (target >= 2)" in out
+    result = json.loads((tmp_path / "reports" / "bench" / "prepare.json").read_text())
+    assert result["images"] == 32 and result["ratio"] > 0
+    assert json.loads(out.strip().splitlines()[-1]) == result
+
+
+def test_bench_train_reports_ratio_and_efficiency(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "train", "--model", "res34", "--size", "64", "--batch-size", "2", "--steps", "2"]
+    assert petseg_main(args) == 0
+    result = json.loads((tmp_path / "reports" / "bench" / "train-res34-64.json").read_text())
+    assert result["model_only_img_s"] > 0 and result["data_path_img_s"] > 0
+    assert 0 < result["fraction_of_peak"] < 2 and result["gflop_per_image"] > 0
+    assert "fraction of peak (target >= 0.75)" in capsys.readouterr().out
+
+
+def test_bench_prepare_with_a_wrong_source_is_one_line(tmp_path, capsys):
+    assert petseg_main(["bench", "prepare", "--source", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("petseg: error: --source: ")
+
+
+@pytest.mark.parametrize("amp", ["bf16"])
+def test_mixed_precision_and_channels_last_paths_train_on_cpu(project, amp):
+    params = parse_params(deep_merge(TINY_PARAMS, {"train": {"common": {"amp": amp, "channels_last": True}}}))
+    paths = TrainPaths(best=project / "models" / "unet.pt", last=project / "models" / "unet.last.pt")
+    state, _ = train("unet", params, project / "data" / "prepared", paths)
+    assert state.epoch == 2 and all(0 <= row["val_dice"] <= 1 for row in state.history)
+    assert paths.best.exists()
