@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tags = run_tags(f"train_{name}", name)
         with Tracker(params.tracking.experiment, run_name, tags, enabled=context.is_main) as tracker:
-            tracker.log_params(
-                to_flat_dict(common, "train.common.") | to_flat_dict(params.train.model(name), f"train.{name}.")
-            )
+            logged = to_flat_dict(common, "train.common.") | to_flat_dict(params.train.model(name), f"train.{name}.")
+            if logged.get(f"train.{name}.weights_path"):  # a file name, not a path on this machine
+                logged[f"train.{name}.weights_path"] = Path(logged[f"train.{name}.weights_path"]).name
+            tracker.log_params(logged)
             state, best_weights = train(name, params, PREPARED_DIR, paths, tracker, context)
             if not context.is_main:
                 return
