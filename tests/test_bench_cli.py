@@ -44,3 +44,31 @@ def test_mixed_precision_and_channels_last_paths_train_on_cpu(project, amp):
     state, _ = train("unet", params, project / "data" / "prepared", paths)
     assert state.epoch == 2 and all(0 <= row["val_dice"] <= 1 for row in state.history)
     assert paths.best.exists()
+
+
+def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthetic_archives, monkeypatch, capsys):
+    params = parse_params(TINY_PARAMS)
+    paths = TrainPaths(best=project / "models" / "unet.pt", last=project / "models" / "unet.last.pt")
+    train("unet", params, project / "data" / "prepared", paths)
+    monkeypatch.chdir(project)
+    assert petseg_main(["bench", "infer", "--model", str(paths.best), "--images", str(synthetic_tree / "images")]) == 0
+    infer = json.loads((project / "reports" / "bench" / "infer.json").read_text())
+    assert infer["images"] == 32 and infer["ratio"] > 0
+    args = [
+        "bench",
+        "baseline",
+        "--source",
+        str(synthetic_archives[0]),
+        "--model",
+        "res34",
+        "--size",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+    ]
+    assert petseg_main(args) == 0
+    baseline = json.loads((project / "reports" / "bench" / "baseline.json").read_text())
+    assert baseline["images"] == 4 and baseline["reference_img_s"] > 0 and baseline["petseg_img_s"] > 0
+    assert "reference data path (PIL per item, v1, 0 workers)" in capsys.readouterr().out

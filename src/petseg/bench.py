@@ -190,3 +190,135 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers
         ],
         result,
     )
+
+
+def bench_infer(checkpoint: Path, images: Path, batch_size: int) -> dict:
+    """`petseg predict` end to end (decode, resize, model, resize back, PNG) vs the model alone."""
+    from petseg.inference import Predictor
+    from petseg.predict import collect_inputs, predict_paths
+
+    predictor = Predictor(checkpoint, "cpu")
+    files, _ = collect_inputs([images])
+    if not files:
+        raise PetsegError(f"--images: no files in {images}")
+    size = predictor.image_size
+    batch = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    predictor.probabilities(batch)  # warm-up
+
+    def model_only() -> int:
+        for _ in range(0, len(files), batch_size):
+            predictor.probabilities(batch)
+        return len(range(0, len(files), batch_size)) * batch_size
+
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
+        predict_rate = timed(lambda: predict_paths(predictor, [images], Path(tmp), batch_size=batch_size).written)
+    model_rate = timed(model_only)
+    result = {
+        "model": predictor.name,
+        "size": size,
+        "images": len(files),
+        "batch_size": batch_size,
+        "predict_img_s": round(predict_rate, 2),
+        "model_only_img_s": round(model_rate, 2),
+        "ratio": round(predict_rate / model_rate, 3),
+    }
+    return report(
+        "infer",
+        [
+            ("petseg predict (files in, PNG masks out)", predict_rate, "img/s"),
+            ("model only", model_rate, "img/s"),
+            ("ratio", predict_rate / model_rate, "x"),
+        ],
+        result,
+    )
+
+
+class ReferenceDataset(torch.utils.data.Dataset):
+    """The reference report's data path: decode and resize every photo and trimap in __getitem__."""
+
+    def __init__(self, images_dir: Path, annotations_dir: Path, names: list[str], size: int):
+        from torchvision import transforms as v1
+
+        self.images_dir, self.annotations_dir, self.names, self.size = images_dir, annotations_dir, names, size
+        self.transform = v1.Compose(
+            [
+                v1.RandomHorizontalFlip(),
+                v1.ColorJitter(0.2, 0.2, 0.2),
+                v1.ToTensor(),
+                v1.Normalize((0.5,) * 3, (0.5,) * 3),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        name = self.names[index]
+        image = Image.open(self.images_dir / f"{name}.jpg").convert("RGB").resize((self.size, self.size))
+        trimap = Image.open(self.annotations_dir / "trimaps" / f"{name}.png").resize(
+            (self.size, self.size), Image.Resampling.NEAREST
+        )
+        mask = torch.from_numpy((np.asarray(trimap) != 2).astype(np.uint8))[None]
+        return self.transform(image), mask
+
+
+def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, steps: int, threads: int) -> dict:
+    """Training img/s through the reference data path vs ours (prepared arrays + v2), same model and batch."""
+    configure_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(model_name).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = BCEDiceLoss()
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
+        images_dir, annotations_dir = _extracted(source, Path(tmp))
+        cfg = PrepareConfig(image_size=size)
+        names = [e.name for e in build_splits(annotations_dir, cfg)["train"]][: steps * batch_size]
+        prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
+        mean, std = normalization({})
+        ours = PreparedSplit(Path(tmp) / "prepared", "train", train_transforms(AugmentConfig(), size, mean, std))
+        workers = loader_workers(4, torch.device("cpu"))
+        loaders = {
+            "reference": DataLoader(
+                ReferenceDataset(images_dir, annotations_dir, names, size),
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=0,
+            ),
+            "petseg": DataLoader(
+                torch.utils.data.Subset(ours, range(len(names))),
+                batch_size=batch_size,
+                shuffle=True,
+                num_workers=workers,
+            ),
+        }
+
+        def run(loader: DataLoader) -> int:
+            seen = 0
+            for images, masks in loader:
+                loss = loss_fn(model(images), masks)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(images)
+            return seen
+
+        run(loaders["petseg"])  # warm-up
+        rates = {name: timed(lambda loader=loader: run(loader)) for name, loader in loaders.items()}
+    result = {
+        "model": model_name,
+        "size": size,
+        "batch_size": batch_size,
+        "images": len(names),
+        "reference_img_s": round(rates["reference"], 3),
+        "petseg_img_s": round(rates["petseg"], 3),
+        "ratio": round(rates["petseg"] / rates["reference"], 3),
+    }
+    return report(
+        "baseline",
+        [
+            ("reference data path (PIL per item, v1, 0 workers)", rates["reference"], "img/s"),
+            ("petseg data path (prepared arrays, v2)", rates["petseg"], "img/s"),
+            ("ratio", rates["petseg"] / rates["reference"], "x"),
+        ],
+        result,
+    )

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from petseg import __version__
-from petseg.errors import PetsegError, exits_cleanly
+from petseg.errors import exits_cleanly
 
 
 def _threshold(text: str) -> float:
@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_positive, default=10)
     train.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: what training picks)")
     train.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
+    infer = which.add_parser("infer", help="petseg predict vs the model alone")
+    infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
+    infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
+    infer.add_argument("--batch-size", type=_positive, default=8)
+    baseline = which.add_parser("baseline", help="the reference report's data path vs ours, same model and batch")
+    baseline.add_argument("--source", type=Path, required=True, help="directory with the two archives")
+    baseline.add_argument("--model", choices=("unet", "res34"), default="res34")
+    baseline.add_argument("--size", type=_positive, default=128)
+    baseline.add_argument("--batch-size", type=_positive, default=8)
+    baseline.add_argument("--steps", type=_positive, default=5)
+    baseline.add_argument("--threads", type=int, default=0)
     return parser
 
 
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.bench_prepare(args.source, args.size, args.workers or os.cpu_count() or 1)
     elif args.bench == "train":
         bench.bench_train(args.model, args.size, args.batch_size, args.steps, args.workers, args.threads)
-    else:  # argparse guarantees one of the above
-        raise PetsegError(f"unknown benchmark {args.bench}")
+    elif args.bench == "infer":
+        bench.bench_infer(args.model, args.images, args.batch_size)
+    else:
+        bench.bench_baseline(args.source, args.model, args.size, args.batch_size, args.steps, args.threads)
     return 0
