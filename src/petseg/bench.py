@@ -40,6 +40,17 @@ def report(name: str, rows: list[tuple[str, float, str]], result: dict) -> dict:
     return result
 
 
+def report_ratio(
+    name: str, ours: tuple[str, str, float], theirs: tuple[str, str, float], target: str, details: dict
+) -> dict:
+    """Two throughputs measured in one run and their ratio (ours / theirs)."""
+    (our_label, our_key, our_rate), (their_label, their_key, their_rate) = ours, theirs
+    ratio = our_rate / their_rate
+    result = details | {our_key: round(our_rate, 3), their_key: round(their_rate, 3), "ratio": round(ratio, 3)}
+    rows = [(their_label, their_rate, "img/s"), (our_label, our_rate, "img/s"), (f"ratio{target}", ratio, "x")]
+    return report(name, rows, result)
+
+
 def timed(fn: Callable[[], int]) -> float:
     """Items per second of ``fn`` (which returns how many items it processed)."""
     start = time.perf_counter()
@@ -75,22 +86,12 @@ def bench_prepare(source: Path, size: int, workers: int) -> dict:
             return report_["counts"]["total"] + report_["skipped_count"]
 
         naive_rate, ours_rate = timed(naive), timed(ours)
-    result = {
-        "images": len(paths),
-        "size": size,
-        "workers": workers,
-        "naive_img_s": round(naive_rate, 2),
-        "prepare_img_s": round(ours_rate, 2),
-        "ratio": round(ours_rate / naive_rate, 3),
-    }
-    return report(
+    return report_ratio(
         "prepare",
-        [
-            ("naive PIL open/convert/resize", naive_rate, "img/s"),
-            ("petseg prepare (images + masks)", ours_rate, "img/s"),
-            ("ratio (target >= 2)", ours_rate / naive_rate, "x"),
-        ],
-        result,
+        ("petseg prepare (images + masks)", "prepare_img_s", ours_rate),
+        ("naive PIL open/convert/resize", "naive_img_s", naive_rate),
+        " (target >= 2)",
+        {"images": len(paths), "size": size, "workers": workers},
     )
 
 
@@ -115,14 +116,8 @@ def _synthetic_prepared(directory: Path, size: int, count: int) -> None:
     (directory / "train.csv").write_text("index,name,species,breed,class_id,width,height\n" + rows)
 
 
-def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers: int | None, threads: int) -> dict:
-    """Model-only training img/s (synthetic tensors) vs whole steps through the real data path.
-
-    ``workers`` None: what training picks on this machine for the default params (num_workers 4).
-    """
-    configure_threads(threads)
-    if workers is None:
-        workers = loader_workers(4, torch.device("cpu"))
+def training_step(model_name: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One Adam step of a freshly built (seeded) model on a batch, as training does it."""
     torch.manual_seed(0)
     model = build_model(model_name).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -134,6 +129,27 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def train_through(loader: DataLoader, step: Callable[[torch.Tensor, torch.Tensor], None]) -> int:
+    """Train on every batch of ``loader``; returns the number of images."""
+    seen = 0
+    for images, masks in loader:
+        step(images, masks)
+        seen += len(images)
+    return seen
+
+
+def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers: int | None, threads: int) -> dict:
+    """Model-only training img/s (synthetic tensors) vs whole steps through the real data path.
+
+    ``workers`` None: what training picks on this machine for the default params (num_workers 4).
+    """
+    configure_threads(threads)
+    if workers is None:
+        workers = loader_workers(4, torch.device("cpu"))
+    step = training_step(model_name)
     images = torch.randn(batch_size, 3, size, size)
     masks = (torch.rand(batch_size, 1, size, size) > 0.5).to(torch.uint8)
     with FlopCounterMode(display=False) as counter:
@@ -151,15 +167,8 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers
         dataset = PreparedSplit(Path(tmp), "train", train_transforms(AugmentConfig(), size, mean, std))
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
 
-        def data_path() -> int:
-            seen = 0
-            for batch_images, batch_masks in loader:
-                step(batch_images, batch_masks)
-                seen += len(batch_images)
-            return seen
-
         # A-B-A so that drift on a noisy machine does not favour either side.
-        first, through_data, second = timed(model_only), timed(data_path), timed(model_only)
+        first, through_data, second = timed(model_only), timed(lambda: train_through(loader, step)), timed(model_only)
     model_rate = (first + second) / 2
     peak = matmul_peak_gflops()
     achieved = flops_per_image * model_rate / 1e9
@@ -213,23 +222,12 @@ def bench_infer(checkpoint: Path, images: Path, batch_size: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         predict_rate = timed(lambda: predict_paths(predictor, [images], Path(tmp), batch_size=batch_size).written)
     model_rate = timed(model_only)
-    result = {
-        "model": predictor.name,
-        "size": size,
-        "images": len(files),
-        "batch_size": batch_size,
-        "predict_img_s": round(predict_rate, 2),
-        "model_only_img_s": round(model_rate, 2),
-        "ratio": round(predict_rate / model_rate, 3),
-    }
-    return report(
+    return report_ratio(
         "infer",
-        [
-            ("petseg predict (files in, PNG masks out)", predict_rate, "img/s"),
-            ("model only", model_rate, "img/s"),
-            ("ratio", predict_rate / model_rate, "x"),
-        ],
-        result,
+        ("petseg predict (files in, PNG masks out)", "predict_img_s", predict_rate),
+        ("model only", "model_only_img_s", model_rate),
+        "",
+        {"model": predictor.name, "size": size, "images": len(files), "batch_size": batch_size},
     )
 
 
@@ -265,10 +263,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
 def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, steps: int, threads: int) -> dict:
     """Training img/s through the reference data path vs ours (prepared arrays + v2), same model and batch."""
     configure_threads(threads)
-    torch.manual_seed(0)
-    model = build_model(model_name).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = BCEDiceLoss()
+    step = training_step(model_name)
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = _extracted(source, Path(tmp))
         cfg = PrepareConfig(image_size=size)
@@ -292,33 +287,12 @@ def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, st
             ),
         }
 
-        def run(loader: DataLoader) -> int:
-            seen = 0
-            for images, masks in loader:
-                loss = loss_fn(model(images), masks)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                seen += len(images)
-            return seen
-
-        run(loaders["petseg"])  # warm-up
-        rates = {name: timed(lambda loader=loader: run(loader)) for name, loader in loaders.items()}
-    result = {
-        "model": model_name,
-        "size": size,
-        "batch_size": batch_size,
-        "images": len(names),
-        "reference_img_s": round(rates["reference"], 3),
-        "petseg_img_s": round(rates["petseg"], 3),
-        "ratio": round(rates["petseg"] / rates["reference"], 3),
-    }
-    return report(
+        train_through(loaders["petseg"], step)  # warm-up
+        rates = {name: timed(lambda loader=loader: train_through(loader, step)) for name, loader in loaders.items()}
+    return report_ratio(
         "baseline",
-        [
-            ("reference data path (PIL per item, v1, 0 workers)", rates["reference"], "img/s"),
-            ("petseg data path (prepared arrays, v2)", rates["petseg"], "img/s"),
-            ("ratio", rates["petseg"] / rates["reference"], "x"),
-        ],
-        result,
+        ("petseg data path (prepared arrays, v2)", "petseg_img_s", rates["petseg"]),
+        ("reference data path (PIL per item, v1, 0 workers)", "reference_img_s", rates["reference"]),
+        "",
+        {"model": model_name, "size": size, "batch_size": batch_size, "images": len(names)},
     )
