@@ -172,3 +172,16 @@ def test_real_mini_slice(tmp_path, mini_data):
     index = test_names.index("Abyssinian_5")
     assert np.load(prepared / "test_images.npy")[index].std() > 10  # real content, not a blank
     shutil.rmtree(tmp_path / "data" / "raw")
+
+
+def test_meta_identifies_the_split_so_training_never_resumes_on_another(tmp_path, synthetic_tree):
+    def split_id(seed: int, name: str) -> str:
+        prepare_dataset(
+            synthetic_tree / "images",
+            synthetic_tree / "annotations",
+            tmp_path / name,
+            PrepareConfig(image_size=32, seed=seed, workers=1),
+        )
+        return json.loads((tmp_path / name / "meta.json").read_text())["split_lists"]
+
+    assert split_id(1, "a") == split_id(1, "b") != split_id(2, "c")

@@ -5,12 +5,13 @@ Layout written to ``out_dir``::
     {split}.csv           index, name, species, breed, class_id, width, height (original size)
     {split}_images.npy    uint8 (N, S, S, 3)
     {split}_masks.npy     uint8 (N, S, S): 0 background, 1 pet, 255 ignore
-    meta.json             image size, boundary rule, counts
+    meta.json             image size, boundary rule, counts, hash of the split lists
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -210,9 +211,10 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
         report["counts"]["total"] = sum(report["counts"][s] for s in SPLITS)
         report["skipped_count"] = len(skipped)
         report["skipped"] = skipped
-        (tmp / "meta.json").write_text(
-            json.dumps({"image_size": size, "boundary": cfg.boundary, "counts": report["counts"]}, indent=2)
-        )
+        # Identifies this exact split (a reseeded split has the same counts but other members).
+        split_lists = hashlib.sha256(b"".join((tmp / f"{split}.csv").read_bytes() for split in SPLITS)).hexdigest()
+        meta = {"image_size": size, "boundary": cfg.boundary, "counts": report["counts"], "split_lists": split_lists}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return report
 
 
