@@ -49,7 +49,7 @@ def test_empty_file_gives_defaults():
         ({"train": {"unet": {"epochs": True}}}, "train.unet.epochs: must be an integer (got True)"),
         ({"train": {"common": {"device": "tpu"}}}, "train.common.device: must be one of 'auto', 'cpu', 'cuda'"),
         ({"train": {"common": {"augment": {"crop_scale": [0.9, 0.1]}}}}, "train.common.augment.crop_scale"),
-        ({"train": {"res34": {"pretrained": "yes"}}}, "train.res34.pretrained: must be one of False, 'imagenet'"),
+        ({"train": {"res34": {"pretrained": "yes"}}}, "train.res34.pretrained: must be one of false, 'imagenet'"),
         ({"train": {"res34": {"weights_path": "w.pth"}}}, "train.res34.weights_path: must be null unless"),
         ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold: must be in (0, 1)"),
         ({"train": ["unet"]}, "train: must be a mapping"),
