@@ -133,14 +133,14 @@ class Tracker:
         self._safe("end", lambda: self._mlflow.end_run(status=status))
 
     def latest_run_id(self, stage: str, model: str) -> str | None:
-        """The newest finished run of ``stage`` for ``model`` in this DVC experiment (to link runs)."""
+        """The newest finished run of ``stage`` for ``model``: in this DVC experiment if it has one, else any
+        (an experiment that did not retrain a model evaluates the checkpoint its baseline trained)."""
 
-        def search() -> str | None:
+        def search(extra: str) -> str | None:
             runs = self._mlflow.search_runs(
                 experiment_names=[self.experiment],
                 filter_string=(
-                    f"tags.stage = '{stage}' AND tags.model = '{model}' AND "
-                    f"tags.`dvc.exp_name` = '{dvc_experiment_name()}' AND attributes.status = 'FINISHED'"
+                    f"tags.stage = '{stage}' AND tags.model = '{model}' AND attributes.status = 'FINISHED'{extra}"
                 ),
                 order_by=["attributes.start_time DESC"],
                 max_results=1,
@@ -148,7 +148,8 @@ class Tracker:
             )
             return runs[0].info.run_id if runs else None
 
-        return self._safe("search_runs", search)
+        same_experiment = f" AND tags.`dvc.exp_name` = '{dvc_experiment_name()}'"
+        return self._safe("search_runs", lambda: search(same_experiment) or search(""))
 
     def log_params(self, params: dict[str, Any]) -> None:
         clean = {k: ("null" if v is None else v) for k, v in params.items()}
