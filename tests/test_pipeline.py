@@ -129,5 +129,8 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     evaluate_run = next(run for run in runs if run.info.run_name == "res34-faster-res34-evaluate")
     training_run = next(run for run in runs if run.info.run_name == "res34-faster-res34")
     assert evaluate_run.data.tags["training_run_id"] == training_run.info.run_id
+    unet_evaluate = next(run for run in runs if run.info.run_name == "res34-faster-unet-evaluate")
+    unet_training = next(run for run in runs if run.info.run_name == "workspace-unet")
+    assert unet_evaluate.data.tags["training_run_id"] == unet_training.info.run_id  # not retrained: baseline's run
     assert "test_dice_per_image" in evaluate_run.data.metrics
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into the temp copy
