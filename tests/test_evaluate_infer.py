@@ -108,6 +108,11 @@ def test_checkpoint_round_trip_and_missing_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def predict(model, out, *inputs) -> int:
+    """`petseg predict` on the CPU; inputs are paths or extra flags."""
+    return petseg_main(["predict", "--model", str(model), "--out", str(out), "--device", "cpu", *map(str, inputs)])
+
+
 @pytest.fixture
 def photos(tmp_path, synthetic_tree):
     folder = tmp_path / "photos"
@@ -121,19 +126,7 @@ def photos(tmp_path, synthetic_tree):
 
 def test_predict_mixed_inputs(trained, photos, tmp_path, capsys):
     out = tmp_path / "masks"
-    code = petseg_main(
-        [
-            "predict",
-            "--model",
-            str(trained / "models" / "res34.pt"),
-            "--out",
-            str(out),
-            "--overlays",
-            "--device",
-            "cpu",
-            str(photos),
-        ]
-    )
+    code = predict(trained / "models" / "res34.pt", out, photos, "--overlays")
     captured = capsys.readouterr()
     assert code == 1  # one input failed
     assert f"petseg: error: {photos / 'notes.txt'}: not a readable image" in captured.err
@@ -150,35 +143,14 @@ def test_predict_respects_exif_orientation(trained, synthetic_tree, tmp_path, ca
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° on display
     image.save(tmp_path / "rotated.jpg", exif=exif)
-    code = petseg_main(
-        [
-            "predict",
-            "--model",
-            str(trained / "models" / "unet.pt"),
-            "--out",
-            str(tmp_path / "o"),
-            "--device",
-            "cpu",
-            str(tmp_path / "rotated.jpg"),
-        ]
-    )
+    code = predict(trained / "models" / "unet.pt", tmp_path / "o", tmp_path / "rotated.jpg")
     assert code == 0
     assert Image.open(tmp_path / "o" / "rotated.png").size == (image.height, image.width)
 
 
 def test_predict_unreadable_path_and_empty_directory(trained, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code = petseg_main(
-        [
-            "predict",
-            "--model",
-            str(trained / "models" / "unet.pt"),
-            "--out",
-            str(tmp_path / "o"),
-            str(tmp_path / "empty"),
-            str(tmp_path / "nope.jpg"),
-        ]
-    )
+    code = predict(trained / "models" / "unet.pt", tmp_path / "o", tmp_path / "empty", tmp_path / "nope.jpg")
     err = capsys.readouterr().err
     assert code == 1
     assert f"{tmp_path / 'empty'}: empty directory, nothing to predict" in err
