@@ -126,9 +126,8 @@ def _train_epoch(
         loss_value = loss.item()
         # Every process must agree to stop, or the others would wait forever in the next all-reduce.
         if not context.all_true(math.isfinite(loss_value)):
-            raise PetsegError(
-                f"loss became {loss_value if not math.isfinite(loss_value) else 'nan'} at {where}, step {step}"
-            )
+            what = loss_value if not math.isfinite(loss_value) else "non-finite in another process"
+            raise PetsegError(f"loss became {what} at {where}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -251,7 +250,7 @@ def train(
         train_seconds = time.perf_counter() - started
 
         counts, val_loss = evaluate_loader(model, valid_loader, device, 0.5, loss_fn, common.amp, desc="validate")
-        val_loss_sum, _ = context.sum(val_loss * len(counts) if len(counts) else 0.0, 0.0)
+        (val_loss_sum,) = context.sum(val_loss * len(counts) if len(counts) else 0.0)
         counts = context.gather(counts)
         scores = summarize(counts)
         row = {

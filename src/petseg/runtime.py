@@ -17,10 +17,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _processes_on_this_machine() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
+
+
 def configure_threads(threads: int) -> None:
     """Intra-op threads: ``threads``, or (0) the cores shared evenly by the processes on this machine."""
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // processes))
+    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // _processes_on_this_machine()))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,5 +49,5 @@ def loader_workers(requested: int, device: torch.device) -> int:
     """
     if device.type == "cuda":
         return requested
-    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    spare = len(os.sched_getaffinity(0)) - torch.get_num_threads() * _processes_on_this_machine()
     return max(0, min(requested, spare))
