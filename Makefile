@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	petseg bench prepare --source $(SOURCE)
-	petseg bench train --model res34 --size 128
+	petseg bench train
 
 clean:
 	rm -rf $(VENV) dvc_plots .pytest_cache .ruff_cache

@@ -24,12 +24,27 @@ def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch
 
 def test_bench_train_reports_ratio_and_efficiency(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["bench", "train", "--model", "res34", "--size", "64", "--batch-size", "2", "--steps", "2"]
+    args = ["bench", "train", "--model", "res34", "--size", "32", "64", "--batch-size", "2", "--steps", "2"]
     assert petseg_main(args) == 0
-    result = json.loads((tmp_path / "reports" / "bench" / "train-res34-64.json").read_text())
-    assert result["model_only_img_s"] > 0 and result["data_path_img_s"] > 0
-    assert 0 < result["fraction_of_peak"] < 2 and result["gflop_per_image"] > 0
-    assert "fraction of peak (target >= 0.75)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    for size in (32, 64):
+        result = json.loads((tmp_path / "reports" / "bench" / f"train-res34-{size}.json").read_text())
+        assert result["size"] == size and result["augment"] == "in the loader" and result["device"] == "cpu"
+        assert result["model_only_img_s"] > 0 and result["data_path_img_s"] > 0 and result["plain_pytorch_img_s"] > 0
+        loop_vs_plain = result["model_only_img_s"] / result["plain_pytorch_img_s"]
+        assert result["loop_vs_plain"] == pytest.approx(loop_vs_plain, abs=0.01)
+        assert 0 < result["fraction_of_peak"] < 2 and result["gflop_per_image"] > 0
+    assert out.count("fraction of peak (target >= 0.75 on CPU)") == 2
+
+
+def test_bench_train_measures_the_gpu_options_too(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "train", "--model", "unet", "--size", "32", "--batch-size", "2", "--steps", "1"]
+    assert petseg_main([*args, "--augment-on-device", "--channels-last", "--amp", "bf16"]) == 0
+    result = json.loads((tmp_path / "reports" / "bench" / "train-unet-32.json").read_text())
+    assert result["augment"] == "on the device" and result["amp"] == "bf16" and result["channels_last"] is True
+    assert result["data_path_img_s"] > 0
+    assert "float32 matmul peak" in capsys.readouterr().out  # a CPU's bf16 is emulated: no yardstick
 
 
 def test_bench_prepare_with_a_wrong_source_is_one_line(tmp_path, capsys):

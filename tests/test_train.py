@@ -8,6 +8,7 @@ from helpers import TINY_PARAMS, deep_merge, run_stage
 
 from petseg.checkpoint import load_checkpoint
 from petseg.config import parse_params
+from petseg.device_augment import DeviceAugment
 from petseg.engine import TrainPaths, train
 from petseg.errors import PetsegError
 from petseg.losses import BCEDiceLoss
@@ -73,8 +74,9 @@ class InterruptAfterEpoch:
             raise Interrupt
 
 
-def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys):
-    overrides = {"train": {"unet": {"epochs": 3}}}
+@pytest.mark.parametrize("on_device", [False, True], ids=["loader-augment", "device-augment"])
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys, on_device):
+    overrides = {"train": {"unet": {"epochs": 3}, "common": {"augment": {"on_device": on_device}}}}
     uninterrupted, _ = run_training(project, overrides=overrides)
     reference = (project / "reports" / "train" / "unet" / "metrics.json").read_bytes()
     (project / "models" / "unet.last.pt").unlink()
@@ -85,6 +87,21 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys)
     assert "resuming after epoch 2" in capsys.readouterr().out
     assert without_timing(resumed.history) == without_timing(uninterrupted.history)
     assert (project / "reports" / "train" / "unet" / "metrics.json").read_bytes() == reference
+
+
+def test_device_augmentation_gets_the_cached_uint8_batches(project, monkeypatch):
+    seen = []
+    real_call = DeviceAugment.__call__
+
+    def spy(self, images, masks, generator=None):
+        seen.append((images.dtype, masks.dtype, images.shape[1:], generator is not None))
+        return real_call(self, images, masks, generator)
+
+    monkeypatch.setattr(DeviceAugment, "__call__", spy)
+    state, _ = run_training(project, overrides={"train": {"common": {"augment": {"on_device": True}}}})
+    assert seen and set(seen) == {(torch.uint8, torch.uint8, (3, 32, 32), True)}
+    assert len(seen) == 2 * state.epoch  # every training batch, no validation batch
+    assert 0 <= state.history[-1]["val_dice"] <= 1
 
 
 def test_checkpoint_from_other_params_is_not_resumed(project, capsys):

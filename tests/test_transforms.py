@@ -6,9 +6,25 @@ import torch
 from torchvision import tv_tensors
 
 from petseg.config import AugmentConfig
+from petseg.device_augment import DeviceAugment
 from petseg.transforms import eval_transforms, train_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def in_loader(cfg, images, masks):
+    """The loader preset, one sample at a time (what DataLoader workers run)."""
+    transform = train_transforms(cfg, images.shape[-1], MEAN, STD)
+    pairs = [transform(tv_tensors.Image(i), tv_tensors.Mask(m)) for i, m in zip(images, masks, strict=True)]
+    return torch.stack([image for image, _ in pairs]), torch.stack([mask for _, mask in pairs])
+
+
+def on_device(cfg, images, masks):
+    """The whole batch at once, as training does with augment.on_device (here on the CPU)."""
+    return DeviceAugment(cfg, MEAN, STD)(images, masks, torch.Generator().manual_seed(0))
+
+
+AUGMENTERS = pytest.mark.parametrize("augment", [in_loader, on_device], ids=["loader", "device"])
 
 
 def sample(size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,7 +35,12 @@ def sample(size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     mask[top : top + size // 2, left : left + size // 6] = 1
     mask[top + size // 3 : top + size // 2, left : left + size // 2] = 1
     image = np.repeat((mask * 255)[None], 3, axis=0)
-    return tv_tensors.Image(torch.from_numpy(image)), tv_tensors.Mask(torch.from_numpy(mask)[None])
+    return torch.from_numpy(image), torch.from_numpy(mask)[None]
+
+
+def batch(count: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = [sample(seed=seed) for seed in range(count)]
+    return torch.stack([image for image, _ in samples]), torch.stack([mask for _, mask in samples])
 
 
 def pet_pixels(image: torch.Tensor) -> torch.Tensor:
@@ -27,10 +48,15 @@ def pet_pixels(image: torch.Tensor) -> torch.Tensor:
     return (image * 0.5 + 0.5).mean(0) > 0.4
 
 
+def pet_pixels_batch(images: torch.Tensor) -> torch.Tensor:
+    return (images * 0.5 + 0.5).mean(1) > 0.4
+
+
 def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
+@AUGMENTERS
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -40,16 +66,15 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
     ],
     ids=["defaults", "strong-geometry", "flip-only"],
 )
-def test_image_and_mask_stay_aligned(cfg):
-    transform = train_transforms(cfg, 64, MEAN, STD)
+def test_image_and_mask_stay_aligned(augment, cfg):
+    images, masks = batch()
     torch.manual_seed(0)
+    out_images, out_masks = augment(cfg, images, masks)
+    assert out_images.shape == (20, 3, 64, 64) and out_images.dtype == torch.float32
+    assert out_masks.shape == (20, 1, 64, 64) and out_masks.dtype == torch.uint8
+    assert set(out_masks.unique().tolist()) <= {0, 1, 255}  # nearest interpolation: no blended labels
     aligned, untransformed_mask = [], []
-    for seed in range(20):
-        image, mask = sample(seed=seed)
-        out_image, out_mask = transform(image, mask)
-        assert out_image.shape == (3, 64, 64) and out_image.dtype == torch.float32
-        assert out_mask.shape == (1, 64, 64) and out_mask.dtype == torch.uint8
-        assert set(out_mask.unique().tolist()) <= {0, 1, 255}  # nearest interpolation: no blended labels
+    for out_image, out_mask, mask in zip(out_images, out_masks, masks, strict=True):
         seen_as_pet = pet_pixels(out_image) & (out_mask[0] != 255)
         aligned.append(iou(seen_as_pet, out_mask[0] == 1))
         untransformed_mask.append(iou(seen_as_pet, mask[0] == 1))  # the reference report's bug
@@ -57,20 +82,54 @@ def test_image_and_mask_stay_aligned(cfg):
     assert min(aligned) > 0.8 and sum(aligned) / len(aligned) > 0.9
     if cfg.crop_scale != (1.0, 1.0):
         assert sum(untransformed_mask) / len(untransformed_mask) < 0.5  # the test would catch that bug
+    if cfg.rotation or cfg.translate:
+        outside = out_masks[:, 0] == 255
+        assert outside.any()  # pixels brought in from outside carry no label
+        if not cfg.color_jitter:
+            assert torch.all(out_images.permute(1, 0, 2, 3)[:, outside] == -1.0)  # and are black
 
 
-def test_flip_is_exact_and_colour_jitter_leaves_the_mask_alone():
-    image, mask = sample()
-    flipped_image, flipped_mask = train_transforms(
-        AugmentConfig(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.5), 64, MEAN, STD
-    )(image, mask)
-    assert torch.equal(flipped_mask, mask.flip(-1))
-    assert torch.equal(pet_pixels(flipped_image), mask[0].flip(-1).bool())
+@AUGMENTERS
+def test_flip_is_exact_and_colour_jitter_leaves_the_mask_alone(augment):
+    images, masks = batch(4)
+    cfg = AugmentConfig(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.5)
+    flipped_images, flipped_masks = augment(cfg, images, masks)
+    assert torch.equal(flipped_masks, masks.flip(-1))
+    assert torch.equal(pet_pixels_batch(flipped_images), masks[:, 0].flip(-1).bool())
+    assert flipped_images.min() >= -1.0 and flipped_images.max() <= 1.0
 
 
-def test_disabled_augmentation_is_only_normalisation():
-    image, mask = sample()
-    out_image, out_mask = train_transforms(AugmentConfig(enabled=False), 64, MEAN, STD)(image, mask)
-    ref_image, ref_mask = eval_transforms(MEAN, STD)(image, mask)
-    assert torch.equal(out_image, ref_image) and torch.equal(out_mask, mask) and torch.equal(ref_mask, mask)
-    assert out_image.min() == -1.0 and out_image.max() == 1.0
+@AUGMENTERS
+def test_disabled_augmentation_is_only_normalisation(augment):
+    images, masks = batch(4)
+    out_images, out_masks = augment(AugmentConfig(enabled=False), images, masks)
+    normalise = eval_transforms(MEAN, STD)
+    pairs = [normalise(tv_tensors.Image(i), tv_tensors.Mask(m)) for i, m in zip(images, masks, strict=True)]
+    torch.testing.assert_close(out_images, torch.stack([image for image, _ in pairs]), atol=1e-6, rtol=0)
+    assert torch.equal(out_masks, masks) and torch.equal(torch.stack([mask for _, mask in pairs]), masks)
+    assert out_images.min() == -1.0 and out_images.max() == 1.0
+
+
+def test_device_augment_draws_from_its_generator():
+    images, masks = batch(8)
+    augment = DeviceAugment(AugmentConfig(), MEAN, STD)
+    first = augment(images, masks, torch.Generator().manual_seed(3))
+    again = augment(images, masks, torch.Generator().manual_seed(3))
+    other = augment(images, masks, torch.Generator().manual_seed(4))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[1], other[1])
+    # Each sample gets its own draw: identical inputs come out differently.
+    same = images[:1].repeat(8, 1, 1, 1), masks[:1].repeat(8, 1, 1, 1)
+    out_masks = augment(*same, torch.Generator().manual_seed(3))[1]
+    assert len({tuple(m.flatten().tolist()) for m in out_masks}) == 8
+
+
+def test_device_crop_zooms_in_like_the_loader_crop():
+    """A centred square grows under random resized crop (the crop is smaller than the photo)."""
+    masks = torch.zeros(16, 1, 64, 64, dtype=torch.uint8)
+    masks[:, :, 24:40, 24:40] = 1
+    images = masks.repeat(1, 3, 1, 1) * 255
+    cfg = AugmentConfig(hflip=0.0, rotation=0.0, translate=0.0, crop_scale=(0.25, 0.5), color_jitter=0.0)
+    _, out_masks = on_device(cfg, images, masks)
+    pet_fraction = (out_masks == 1).float().mean((1, 2, 3))
+    assert torch.all(pet_fraction > masks.float().mean() * 1.5)  # area 1/16 seen through a crop of 1/4 .. 1/2

@@ -10,20 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from petseg.config import AugmentConfig, PrepareConfig
+from petseg.config import AugmentConfig, PrepareConfig, TrainCommonConfig
 from petseg.data import PreparedSplit
+from petseg.device_augment import DeviceAugment
+from petseg.distributed import Context
 from petseg.download import ARCHIVES, file_digests
+from petseg.engine import autocast_context, train_epoch
 from petseg.errors import PetsegError
 from petseg.extract import extract_archive
 from petseg.fileio import write_json
 from petseg.losses import BCEDiceLoss
 from petseg.models import build_model, normalization
 from petseg.prepare import build_splits, prepare_dataset
-from petseg.runtime import configure_threads, loader_workers
+from petseg.runtime import configure_threads, loader_workers, resolve_device
 from petseg.transforms import train_transforms
 
 BENCH_DIR = Path("reports/bench")
@@ -69,17 +73,18 @@ def _extracted(source: Path, work: Path) -> tuple[Path, Path]:
 
 
 def bench_prepare(source: Path, size: int, workers: int) -> dict:
-    """The prepare path (draft-mode decode, process pool, trimaps too) vs a naive PIL loop over the same photos."""
+    """The prepare path (draft-mode decode, process pool) vs a naive PIL loop making the same photos and masks."""
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = _extracted(source, Path(tmp))
         cfg = PrepareConfig(image_size=size, workers=workers)
         names = [e.name for entries in build_splits(annotations_dir, cfg).values() for e in entries]
-        paths = [images_dir / f"{name}.jpg" for name in names]
 
         def naive() -> int:
-            for path in paths:
-                Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-            return len(paths)
+            """The same outputs made the obvious way: one process, open, convert, resize photo and trimap."""
+            for name in names:
+                Image.open(images_dir / f"{name}.jpg").convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+                Image.open(annotations_dir / "trimaps" / f"{name}.png").resize((size, size), Image.Resampling.NEAREST)
+            return len(names)
 
         def ours() -> int:
             report_ = prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
@@ -89,21 +94,30 @@ def bench_prepare(source: Path, size: int, workers: int) -> dict:
     return report_ratio(
         "prepare",
         ("petseg prepare (images + masks)", "prepare_img_s", ours_rate),
-        ("naive PIL open/convert/resize", "naive_img_s", naive_rate),
+        ("naive PIL loop (photo + trimap)", "naive_img_s", naive_rate),
         " (target >= 2)",
-        {"images": len(paths), "size": size, "workers": workers},
+        {"images": len(names), "size": size, "workers": workers},
     )
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, trials: int = 3) -> float:
-    """The machine's measured fp32 matmul rate (best of ``trials``): the yardstick for model efficiency."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that a timer measures the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, trials: int = 3) -> float:
+    """The machine's measured matmul rate (best of ``trials``): the yardstick for model efficiency."""
+    n, repeats = (8192, 20) if device.type == "cuda" else (2048, 5)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
+    synchronize(device)
     best = 0.0
     for _ in range(trials):
         start = time.perf_counter()
         for _ in range(repeats):
             a @ b
+        synchronize(device)
         best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
     return best
 
@@ -116,86 +130,148 @@ def _synthetic_prepared(directory: Path, size: int, count: int) -> None:
     (directory / "train.csv").write_text("index,name,species,breed,class_id,width,height\n" + rows)
 
 
-def training_step(model_name: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One Adam step of a freshly built (seeded) model on a batch, as training does it."""
-    torch.manual_seed(0)
-    model = build_model(model_name).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = BCEDiceLoss()
+class BenchTrainer:
+    """A freshly built (seeded) model and optimizer, stepped by the training stage's own epoch loop."""
 
-    def step(images: torch.Tensor, masks: torch.Tensor) -> None:
-        loss = loss_fn(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def __init__(self, model_name: str, device: torch.device, common: TrainCommonConfig):
+        torch.manual_seed(0)
+        self.model = build_model(model_name).to(device)
+        if common.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if common.compile else self.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=common.amp == "fp16")
+        self.loss_fn = BCEDiceLoss()
+        self.device, self.common = device, common
 
-    return step
+    def flops_per_image(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+        """Forward + backward FLOPs of one training step, per image (torch.utils.flop_counter)."""
+        self.model.train()
+        with FlopCounterMode(display=False) as counter:
+            self.loss_fn(self.model(images), masks).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops() / len(images)
 
-
-def train_through(loader: DataLoader, step: Callable[[torch.Tensor, torch.Tensor], None]) -> int:
-    """Train on every batch of ``loader``; returns the number of images."""
-    seen = 0
-    for images, masks in loader:
-        step(images, masks)
-        seen += len(images)
-    return seen
-
-
-def bench_train(model_name: str, size: int, batch_size: int, steps: int, workers: int | None, threads: int) -> dict:
-    """Model-only training img/s (synthetic tensors) vs whole steps through the real data path.
-
-    ``workers`` None: what training picks on this machine for the default params (num_workers 4).
-    """
-    configure_threads(threads)
-    if workers is None:
-        workers = loader_workers(4, torch.device("cpu"))
-    step = training_step(model_name)
-    images = torch.randn(batch_size, 3, size, size)
-    masks = (torch.rand(batch_size, 1, size, size) > 0.5).to(torch.uint8)
-    with FlopCounterMode(display=False) as counter:
-        step(images, masks)  # also the warm-up
-    flops_per_image = counter.get_total_flops() / batch_size
-
-    def model_only() -> int:
+    def plain_steps(self, images: torch.Tensor, masks: torch.Tensor, steps: int) -> int:
+        """The same model stepped by a bare PyTorch loop (plain BCE, Adam): what petseg's loop is held against."""
+        self.model.train()
+        targets = masks.float()
         for _ in range(steps):
-            step(images, masks)
-        return steps * batch_size
+            with autocast_context(self.device, self.common.amp):
+                loss = F.binary_cross_entropy_with_logits(self.forward(images), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        synchronize(self.device)
+        return steps * len(images)
+
+    def run(self, batches, augment=None) -> int:
+        """Train on every batch with the training stage's epoch loop; returns the number of images."""
+        self.model.train()
+        _, seen = train_epoch(
+            self.forward,
+            batches,
+            self.optimizer,
+            self.scaler,
+            self.loss_fn,
+            self.device,
+            self.common,
+            Context(),
+            "bench",
+            "bench",
+            augment,
+        )
+        synchronize(self.device)
+        return seen
+
+
+def bench_train(model_name: str, size: int, batch_size: int, steps: int, common: TrainCommonConfig) -> dict:
+    """Training img/s three ways, side by side: a bare PyTorch loop and the training stage's own epoch loop
+    (:func:`petseg.engine.train_epoch`) on synthetic tensors already on the device, and that loop through the
+    real data path; plus model-only GFLOP/s as a fraction of the measured matmul peak.
+
+    ``common`` gives device, AMP, channels_last, compile and where augmentation runs. ``steps`` 0: 3 on CPU,
+    100 on CUDA.
+    """
+    configure_threads(common.threads)
+    device = resolve_device(common.device)
+    steps = steps or (100 if device.type == "cuda" else 3)
+    workers = loader_workers(common.num_workers, device)
+    trainer = BenchTrainer(model_name, device, common)
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    masks = (torch.rand(batch_size, 1, size, size, device=device) > 0.5).to(torch.uint8)
+    flops_per_image = trainer.flops_per_image(images, masks)
+    synthetic = [(images, masks)] * steps
+    trainer.run(synthetic[:1])  # warm-up (and compilation)
+    # Under AMP a GPU's yardstick is its half-precision matmul; a CPU's stays fp32 (its bf16 matmul is emulated).
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(common.amp, torch.float32)
+    peak_dtype = half if device.type == "cuda" else torch.float32
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         _synthetic_prepared(Path(tmp), size, steps * batch_size)
         mean, std = normalization({})
-        dataset = PreparedSplit(Path(tmp), "train", train_transforms(AugmentConfig(), size, mean, std))
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+        on_device = common.augment.on_device
+        transform = None if on_device else train_transforms(common.augment, size, mean, std)
+        loader = DataLoader(
+            PreparedSplit(Path(tmp), "train", transform),
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
+        augment = DeviceAugment(common.augment, mean, std).seeded(0, device) if on_device else None
+        # Each yardstick before and after the data path, best of each: drift on a noisy machine favours
+        # neither side of any ratio.
+        peaks, plain_rates, model_rates = [], [], []
 
-        # A-B-A so that drift on a noisy machine does not favour either side.
-        first, through_data, second = timed(model_only), timed(lambda: train_through(loader, step)), timed(model_only)
-    model_rate = (first + second) / 2
-    peak = matmul_peak_gflops()
+        def measure_yardsticks() -> None:
+            peaks.append(matmul_peak_gflops(device, peak_dtype))
+            plain_rates.append(timed(lambda: trainer.plain_steps(images, masks, steps)))
+            model_rates.append(timed(lambda: trainer.run(synthetic)))
+
+        measure_yardsticks()
+        through_data = timed(lambda: trainer.run(loader, augment))
+        measure_yardsticks()
+    plain_rate, model_rate, peak = max(plain_rates), max(model_rates), max(peaks)
     achieved = flops_per_image * model_rate / 1e9
+    where = "on the device" if on_device else "in the loader"
     result = {
         "model": model_name,
         "size": size,
         "batch_size": batch_size,
         "steps": steps,
+        "device": str(device),
+        "amp": common.amp,
+        "channels_last": common.channels_last,
+        "compile": common.compile,
+        "augment": where,
         "workers": workers,
         "threads": torch.get_num_threads(),
+        "plain_pytorch_img_s": round(plain_rate, 3),
         "model_only_img_s": round(model_rate, 3),
         "data_path_img_s": round(through_data, 3),
+        "loop_vs_plain": round(model_rate / plain_rate, 3),
         "ratio": round(through_data / model_rate, 3),
         "gflop_per_image": round(flops_per_image / 1e9, 3),
         "achieved_gflop_s": round(achieved, 2),
         "matmul_peak_gflop_s": round(peak, 2),
         "fraction_of_peak": round(achieved / peak, 3),
+        "plain_fraction_of_peak": round(flops_per_image * plain_rate / 1e9 / peak, 3),
     }
+    peak_name = str(peak_dtype).removeprefix("torch.")
     return report(
         f"train-{model_name}-{size}",
         [
-            ("model only (synthetic tensors)", model_rate, "img/s"),
-            ("whole steps through the data path", through_data, "img/s"),
-            ("ratio (target >= 0.95)", through_data / model_rate, "x"),
-            ("achieved", achieved, "GFLOP/s"),
-            ("fp32 matmul peak", peak, "GFLOP/s"),
-            ("fraction of peak (target >= 0.75)", achieved / peak, ""),
+            ("plain PyTorch steps (synthetic tensors)", plain_rate, "img/s"),
+            ("petseg's loop, model only (synthetic tensors)", model_rate, "img/s"),
+            ("loop / plain", model_rate / plain_rate, "x"),
+            (f"petseg's loop through the data path (augment {where})", through_data, "img/s"),
+            ("data path / model only (target >= 0.95)", through_data / model_rate, "x"),
+            ("achieved (model only)", achieved, "GFLOP/s"),
+            (f"{peak_name} matmul peak", peak, "GFLOP/s"),
+            ("fraction of peak (target >= 0.75 on CPU)", achieved / peak, ""),
+            ("plain PyTorch's fraction of peak", result["plain_fraction_of_peak"], ""),
         ],
         result,
     )
@@ -263,7 +339,7 @@ class ReferenceDataset(torch.utils.data.Dataset):
 def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, steps: int, threads: int) -> dict:
     """Training img/s through the reference data path vs ours (prepared arrays + v2), same model and batch."""
     configure_threads(threads)
-    step = training_step(model_name)
+    trainer = BenchTrainer(model_name, torch.device("cpu"), TrainCommonConfig(device="cpu", threads=threads))
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = _extracted(source, Path(tmp))
         cfg = PrepareConfig(image_size=size)
@@ -287,8 +363,8 @@ def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, st
             ),
         }
 
-        train_through(loaders["petseg"], step)  # warm-up
-        rates = {name: timed(lambda loader=loader: train_through(loader, step)) for name, loader in loaders.items()}
+        trainer.run(loaders["petseg"])  # warm-up
+        rates = {name: timed(lambda loader=loader: trainer.run(loader)) for name, loader in loaders.items()}
     return report_ratio(
         "baseline",
         ("petseg data path (prepared arrays, v2)", "petseg_img_s", rates["petseg"]),

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from petseg import __version__
+from petseg.config import MODEL_NAMES, TrainCommonConfig, parse_params
 from petseg.errors import exits_cleanly
 
 
@@ -21,6 +22,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -43,14 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep = which.add_parser("prepare", help="prepare path vs a naive PIL loop")
     prep.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
     prep.add_argument("--size", type=_positive, default=256)
-    prep.add_argument("--workers", type=int, default=0, help="decode processes; 0 = one per core")
-    train = which.add_parser("train", help="model-only vs whole-step training throughput")
-    train.add_argument("--model", choices=("unet", "res34"), default="res34")
-    train.add_argument("--size", type=_positive, default=128)
+    prep.add_argument("--workers", type=_non_negative, default=0, help="decode processes; 0 = one per core")
+    train = which.add_parser("train", help="model-only vs whole-step training throughput, fraction of peak")
+    train.add_argument("--model", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
+    train.add_argument("--size", nargs="+", type=_positive, default=[128, 256])
     train.add_argument("--batch-size", type=_positive, default=8)
-    train.add_argument("--steps", type=_positive, default=10)
-    train.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: what training picks)")
-    train.add_argument("--threads", type=int, default=0, help="torch threads; 0 = one per core")
+    train.add_argument("--steps", type=_non_negative, default=0, help="0 = 3 on CPU, 100 on CUDA")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision")
+    train.add_argument("--channels-last", action="store_true")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model")
+    train.add_argument("--augment-on-device", action="store_true", help="augment batches on the device")
+    train.add_argument("--workers", type=_non_negative, default=4, help="DataLoader workers (capped on CPU)")
+    train.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
     infer = which.add_parser("infer", help="petseg predict vs the model alone")
     infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
     infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
@@ -61,8 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--size", type=_positive, default=128)
     baseline.add_argument("--batch-size", type=_positive, default=8)
     baseline.add_argument("--steps", type=_positive, default=5)
-    baseline.add_argument("--threads", type=int, default=0)
+    baseline.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
     return parser
+
+
+def train_settings(args: argparse.Namespace) -> TrainCommonConfig:
+    """The training settings a `bench train` run measures, validated as params.yaml's would be."""
+    common = {
+        "device": args.device,
+        "amp": False if args.amp == "off" else args.amp,
+        "channels_last": args.channels_last,
+        "compile": args.compile,
+        "threads": args.threads,
+        "num_workers": args.workers,
+        "augment": {"on_device": args.augment_on_device},
+    }
+    return parse_params({"train": {"common": common}}, "petseg bench train").train.common
 
 
 @exits_cleanly
@@ -82,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "prepare":
         bench.bench_prepare(args.source, args.size, args.workers or os.cpu_count() or 1)
     elif args.bench == "train":
-        bench.bench_train(args.model, args.size, args.batch_size, args.steps, args.workers, args.threads)
+        common = train_settings(args)
+        for model_name in args.model:
+            for size in args.size:
+                bench.bench_train(model_name, size, args.batch_size, args.steps, common)
     elif args.bench == "infer":
         bench.bench_infer(args.model, args.images, args.batch_size)
     else:

@@ -79,6 +79,7 @@ class AugmentConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
     translate: float = 0.1  # max shift as a fraction of the size
     color_jitter: float = 0.2  # brightness/contrast/saturation strength
+    on_device: bool = False  # augment whole batches on the training device (GPU) instead of in loader workers
 
     def validate(self, key: str) -> None:
         _check(0 <= self.hflip <= 1, f"{key}.hflip", "a probability in [0, 1]", self.hflip)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from petseg.checkpoint import load_checkpoint, save_checkpoint
-from petseg.config import Params
+from petseg.config import Params, TrainCommonConfig
 from petseg.data import PreparedSplit, read_meta
+from petseg.device_augment import BatchTransform, DeviceAugment
 from petseg.distributed import Context, per_process_batch
 from petseg.errors import PetsegError
 from petseg.losses import BCEDiceLoss
@@ -110,15 +112,29 @@ def evaluate_loader(
     return torch.cat(counts) if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
 
 
-def _train_epoch(
-    model, forward, loader, optimizer, scaler, loss_fn, device, common, context: Context, desc: str, where: str
+def train_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss_fn: nn.Module,
+    device: torch.device,
+    common: TrainCommonConfig,
+    context: Context,
+    desc: str,
+    where: str,
+    augment: BatchTransform | None = None,
 ) -> tuple[float, int]:
-    """One pass over ``loader``; returns (loss sum, images) summed over every process."""
-    model.train()
+    """One pass over ``loader`` (the model already in train mode); returns (loss sum, images) over every process.
+
+    ``augment`` runs on the device, on the batches as the loader ships them (see :mod:`petseg.device_augment`).
+    """
     loss_sum, seen = 0.0, 0
     bar = progress(loader, desc=desc, unit=" batch", quiet=not context.is_main)
     for step, (images, masks) in enumerate(bar, start=1):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        if augment is not None:
+            images, masks = augment(images, masks)
         if common.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, common.amp):
@@ -171,7 +187,10 @@ def train(
     )
     forward = torch.compile(wrapped) if common.compile else wrapped
     mean, std = normalization(model_params)
-    train_set = PreparedSplit(prepared_dir, "train", train_transforms(common.augment, size, mean, std))
+    device_augment = DeviceAugment(common.augment, mean, std) if common.augment.on_device else None
+    # Augmenting on the device, the loader ships the cached uint8 arrays untouched.
+    train_transform = None if device_augment else train_transforms(common.augment, size, mean, std)
+    train_set = PreparedSplit(prepared_dir, "train", train_transform)
     valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
     if len(train_set) < cfg.batch_size or len(valid_set) == 0:
         raise PetsegError(
@@ -229,9 +248,10 @@ def train(
             pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(epoch_seed),
         )
+        augment = device_augment.seeded(epoch_seed, device) if device_augment else None
+        model.train()
         try:
-            loss_sum, seen = _train_epoch(
-                model,
+            loss_sum, seen = train_epoch(
                 forward,
                 train_loader,
                 optimizer,
@@ -242,6 +262,7 @@ def train(
                 context,
                 f"{name} epoch {epoch}/{cfg.epochs}",
                 f"epoch {epoch}",
+                augment,
             )
         except PetsegError as err:
             raise PetsegError(

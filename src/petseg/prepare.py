@@ -97,7 +97,8 @@ def load_sample(
             if img.format == "JPEG":
                 # Decode at the smallest 1/2^k scale that is still >= the target size: much less work.
                 img.draft("RGB", (size, size))
-            image = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = img if img.mode == "RGB" else img.convert("RGB")  # converting RGB to RGB is a full copy
+            image = rgb.resize((size, size), Image.Resampling.BILINEAR)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise SampleError(f"image cannot be decoded ({err})") from None
     try:
