@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import TINY_PARAMS, deep_merge
 
 from petseg.cli import main as petseg_main
@@ -50,6 +51,13 @@ def test_bench_train_measures_the_gpu_options_too(tmp_path, monkeypatch, capsys)
 def test_bench_prepare_with_a_wrong_source_is_one_line(tmp_path, capsys):
     assert petseg_main(["bench", "prepare", "--source", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("petseg: error: --source: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_train_on_cuda_without_a_gpu_is_one_line(capsys):
+    assert petseg_main(["bench", "train", "--device", "cuda"]) == 2
+    expected = "petseg: error: --device cuda: no CUDA device is available here (use auto or cpu)\n"
+    assert capsys.readouterr().err == expected
 
 
 @pytest.mark.parametrize("amp", ["bf16"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from petseg import __version__
 from petseg.config import MODEL_NAMES, TrainCommonConfig, parse_params
-from petseg.errors import exits_cleanly
+from petseg.errors import PetsegError, exits_cleanly
 
 
 def _threshold(text: str) -> float:
@@ -89,6 +89,10 @@ def train_settings(args: argparse.Namespace) -> TrainCommonConfig:
         "num_workers": args.workers,
         "augment": {"on_device": args.augment_on_device},
     }
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
     return parse_params({"train": {"common": common}}, "petseg bench train").train.common
 
 
