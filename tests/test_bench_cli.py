@@ -8,9 +8,11 @@ import pytest
 import torch
 from helpers import TINY_PARAMS, deep_merge
 
+from petseg.checkpoint import load_checkpoint
 from petseg.cli import main as petseg_main
 from petseg.config import parse_params
 from petseg.engine import TrainPaths, train
+from petseg.models import model_from_weights
 
 
 def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch, capsys):
@@ -67,6 +69,16 @@ def test_mixed_precision_and_channels_last_paths_train_on_cpu(project, amp):
     state, _ = train("unet", params, project / "data" / "prepared", paths)
     assert state.epoch == 2 and all(0 <= row["val_dice"] <= 1 for row in state.history)
     assert paths.best.exists()
+
+
+def test_compiled_training_saves_weights_an_eager_model_loads(project):
+    params = parse_params(deep_merge(TINY_PARAMS, {"train": {"common": {"compile": True}}}))
+    paths = TrainPaths(best=project / "models" / "unet.pt", last=project / "models" / "unet.last.pt")
+    state, _ = train("unet", params, project / "data" / "prepared", paths)
+    assert state.epoch == 2 and all(0 <= row["val_dice"] <= 1 for row in state.history)
+    saved = load_checkpoint(paths.best)
+    model = model_from_weights("unet", saved["model"]["params"], saved["state_dict"])  # no torch.compile prefixes
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
 
 
 def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthetic_archives, monkeypatch, capsys):
