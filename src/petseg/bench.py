@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from petseg.config import AugmentConfig, PrepareConfig, TrainCommonConfig
 from petseg.data import PreparedSplit
-from petseg.device_augment import DeviceAugment
+from petseg.device_augment import training_augmentation
 from petseg.distributed import Context
 from petseg.download import ARCHIVES, file_digests
 from petseg.engine import autocast_context, train_epoch
@@ -210,8 +210,7 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, common:
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         _synthetic_prepared(Path(tmp), size, steps * batch_size)
         mean, std = normalization({})
-        on_device = common.augment.on_device
-        transform = None if on_device else train_transforms(common.augment, size, mean, std)
+        transform, device_augment = training_augmentation(common.augment, size, mean, std)
         loader = DataLoader(
             PreparedSplit(Path(tmp), "train", transform),
             batch_size=batch_size,
@@ -220,7 +219,7 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, common:
             pin_memory=device.type == "cuda",
             drop_last=True,
         )
-        augment = DeviceAugment(common.augment, mean, std).seeded(0, device) if on_device else None
+        augment = device_augment.seeded(0, device) if device_augment else None
         # Every figure measured twice, yardsticks before and after two data-path runs (mirrored in time), and the
         # best of each kept: drift on a noisy machine favours neither side of any ratio.
         peaks, plain_rates, model_rates = [], [], []
@@ -235,7 +234,7 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, common:
         measure_yardsticks()
     plain_rate, model_rate, peak = max(plain_rates), max(model_rates), max(peaks)
     achieved = flops_per_image * model_rate / 1e9
-    where = "on the device" if on_device else "in the loader"
+    where = "on the device" if device_augment else "in the loader"
     result = {
         "model": model_name,
         "size": size,

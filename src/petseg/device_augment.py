@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from petseg.config import AugmentConfig
 from petseg.prepare import IGNORE
+from petseg.transforms import train_transforms
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _ASPECT = (math.log(3 / 4), math.log(4 / 3))  # RandomResizedCrop's default aspect-ratio range
@@ -35,8 +36,18 @@ class DeviceAugment:
 
     def __init__(self, cfg: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]):
         self.cfg = cfg
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self._constants_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._constants = (
+            torch.tensor(mean).view(1, -1, 1, 1),
+            torch.tensor(std).view(1, -1, 1, 1),
+            torch.tensor(_GRAY).view(1, 3, 1, 1),
+        )
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean, std and gray weights on ``device``, copied there once (a copy per batch would stall the GPU)."""
+        if device not in self._constants_on:
+            self._constants_on[device] = tuple(t.to(device) for t in self._constants)
+        return self._constants_on[device]
 
     def __call__(
         self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None
@@ -51,7 +62,7 @@ class DeviceAugment:
             masks = torch.where(sampled == 0, IGNORE, sampled - 1).to(torch.uint8)
             if self.cfg.color_jitter > 0:
                 images = self._jitter(images, draws[:, 8:])
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        mean, std, _ = self._on(images.device)
         return (images - mean) / std, masks
 
     def seeded(self, seed: int, device: torch.device) -> BatchTransform:
@@ -87,9 +98,21 @@ class DeviceAugment:
         """Brightness, contrast, saturation factors uniform in [1 - s, 1 + s], as v2.ColorJitter."""
         strength = self.cfg.color_jitter
         brightness, contrast, saturation = (1 + strength * (2 * draws - 1)).view(-1, 3, 1, 1, 1).unbind(1)
-        gray_weights = torch.tensor(_GRAY, device=images.device).view(1, 3, 1, 1)
+        gray_weights = self._on(images.device)[2]
         images = (images * brightness).clamp(0, 1)
         mean_gray = (images * gray_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         images = ((images - mean_gray) * contrast + mean_gray).clamp(0, 1)
         gray = (images * gray_weights).sum(1, keepdim=True)
         return ((images - gray) * saturation + gray).clamp(0, 1)
+
+
+def training_augmentation(
+    cfg: AugmentConfig, size: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[Callable | None, DeviceAugment | None]:
+    """(loader's per-sample transform, device's batch augmentation): ``cfg.on_device`` picks one, the other is None.
+
+    Augmenting on the device, the loader ships the cached uint8 arrays untouched.
+    """
+    if cfg.on_device:
+        return None, DeviceAugment(cfg, mean, std)
+    return train_transforms(cfg, size, mean, std), None

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.config import Params, TrainCommonConfig
 from petseg.data import PreparedSplit, read_meta
-from petseg.device_augment import BatchTransform, DeviceAugment
+from petseg.device_augment import BatchTransform, training_augmentation
 from petseg.distributed import Context, per_process_batch
 from petseg.errors import PetsegError
 from petseg.losses import BCEDiceLoss
@@ -33,7 +33,7 @@ from petseg.metrics import confusion_counts, summarize
 from petseg.models import build_model, normalization
 from petseg.progress import progress
 from petseg.runtime import configure_threads, loader_workers, make_deterministic, resolve_device, seed_everything
-from petseg.transforms import eval_transforms, train_transforms
+from petseg.transforms import eval_transforms
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_second")
 
@@ -187,9 +187,7 @@ def train(
     )
     forward = torch.compile(wrapped) if common.compile else wrapped
     mean, std = normalization(model_params)
-    device_augment = DeviceAugment(common.augment, mean, std) if common.augment.on_device else None
-    # Augmenting on the device, the loader ships the cached uint8 arrays untouched.
-    train_transform = None if device_augment else train_transforms(common.augment, size, mean, std)
+    train_transform, device_augment = training_augmentation(common.augment, size, mean, std)
     train_set = PreparedSplit(prepared_dir, "train", train_transform)
     valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
     if len(train_set) < cfg.batch_size or len(valid_set) == 0:
