@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--batch-size", type=_positive, default=8)
     baseline = which.add_parser("baseline", help="the reference report's data path vs ours, same model and batch")
     baseline.add_argument("--source", type=Path, required=True, help="directory with the two archives")
-    baseline.add_argument("--model", choices=("unet", "res34"), default="res34")
+    baseline.add_argument("--model", choices=MODEL_NAMES, default="res34")
     baseline.add_argument("--size", type=_positive, default=128)
     baseline.add_argument("--batch-size", type=_positive, default=8)
     baseline.add_argument("--steps", type=_positive, default=5)
@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_settings(args: argparse.Namespace) -> TrainCommonConfig:
     """The training settings a `bench train` run measures, validated as params.yaml's would be."""
+    import torch  # here, not at the top: `petseg --help` and predict's argument errors stay instant
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
     common = {
         "device": args.device,
         "amp": False if args.amp == "off" else args.amp,
@@ -89,10 +93,6 @@ def train_settings(args: argparse.Namespace) -> TrainCommonConfig:
         "num_workers": args.workers,
         "augment": {"on_device": args.augment_on_device},
     }
-    import torch
-
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
     return parse_params({"train": {"common": common}}, "petseg bench train").train.common
 
 
