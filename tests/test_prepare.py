@@ -11,7 +11,7 @@ from PIL import Image
 
 from petseg.config import PrepareConfig
 from petseg.errors import PetsegError
-from petseg.prepare import parse_list_file, prepare_dataset, split_trainval
+from petseg.prepare import SPLITS, load_sample, parse_list_file, prepare_dataset, resize_photo, split_trainval
 
 
 def read_csv(path):
@@ -119,6 +119,39 @@ def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, aw
         assert (
             len(np.load(out / f"{split}_images.npy")) == report["counts"][split] == len(read_csv(out / f"{split}.csv"))
         )
+
+
+def test_every_cached_row_holds_its_csv_sample_after_skips(tmp_path, awkward_tree):
+    # Rows are written by worker processes and compacted around the skipped samples of every split.
+    out = tmp_path / "prepared"
+    prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, PrepareConfig(image_size=32, workers=2))
+    checked = 0
+    for split in SPLITS:
+        images, masks = np.load(out / f"{split}_images.npy"), np.load(out / f"{split}_masks.npy")
+        for row in read_csv(out / f"{split}.csv"):
+            name, index = row["name"], int(row["index"])
+            image, mask, width, height = load_sample(
+                awkward_tree / "images" / f"{name}.jpg",
+                awkward_tree / "annotations" / "trimaps" / f"{name}.png",
+                32,
+                "pet",
+            )
+            np.testing.assert_array_equal(images[index], image, err_msg=f"{split} row {index} ({name})")
+            np.testing.assert_array_equal(masks[index], mask, err_msg=f"{split} row {index} ({name})")
+            assert (int(row["width"]), int(row["height"])) == (width, height)
+            checked += 1
+    assert checked == 28 - 6
+
+
+@pytest.mark.parametrize(("shape", "size"), [((375, 500), 256), ((300, 200), 128), ((64, 64), 128)])
+def test_photos_resize_like_pil_bilinear(shape, size):
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (shape[0] // 4 + 1, shape[1] // 4 + 1, 3)), np.ones((4, 4, 1)))
+    photo = (smooth[: shape[0], : shape[1]] + rng.integers(-20, 20, (*shape, 3))).clip(0, 255).astype(np.uint8)
+    ours = resize_photo(photo, size)
+    pil = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR))
+    assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - pil).max() <= 1
 
 
 @pytest.mark.parametrize(("boundary", "values"), [("pet", {0, 1}), ("background", {0, 1}), ("ignore", {0, 1, 255})])

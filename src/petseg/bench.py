@@ -62,6 +62,16 @@ def timed(fn: Callable[[], int]) -> float:
     return items / (time.perf_counter() - start)
 
 
+def best_interleaved(first: Callable[[], int], second: Callable[[], int], rounds: int) -> tuple[float, float]:
+    """Items/s of two workloads, the best of ``rounds`` runs each, taken in the order ABBA AB...: on a noisy machine
+    one run each can differ by 20 %, and alternating keeps slow drift from favouring either side."""
+    rates: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(rounds):
+        for which in (0, 1) if round_ % 2 == 0 else (1, 0):
+            rates[which].append(timed((first, second)[which]))
+    return max(rates[0]), max(rates[1])
+
+
 def _extracted(source: Path, work: Path) -> tuple[Path, Path]:
     trees = {}
     for archive in ARCHIVES:
@@ -72,7 +82,7 @@ def _extracted(source: Path, work: Path) -> tuple[Path, Path]:
     return trees["images.tar.gz"] / "images", trees["annotations.tar.gz"] / "annotations"
 
 
-def bench_prepare(source: Path, size: int, workers: int) -> dict:
+def bench_prepare(source: Path, size: int, workers: int, rounds: int = 3) -> dict:
     """The prepare path (draft-mode decode, process pool) vs a naive PIL loop making the same photos and masks."""
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = _extracted(source, Path(tmp))
@@ -90,13 +100,13 @@ def bench_prepare(source: Path, size: int, workers: int) -> dict:
             report_ = prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
             return report_["counts"]["total"] + report_["skipped_count"]
 
-        naive_rate, ours_rate = timed(naive), timed(ours)
+        naive_rate, ours_rate = best_interleaved(naive, ours, rounds)
     return report_ratio(
         "prepare",
         ("petseg prepare (images + masks)", "prepare_img_s", ours_rate),
         ("naive PIL loop (photo + trimap)", "naive_img_s", naive_rate),
         " (target >= 2)",
-        {"images": len(names), "size": size, "workers": workers},
+        {"images": len(names), "size": size, "workers": workers, "rounds": rounds},
     )
 
 
@@ -295,8 +305,9 @@ def bench_infer(checkpoint: Path, images: Path, batch_size: int) -> dict:
         return len(range(0, len(files), batch_size)) * batch_size
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
-        predict_rate = timed(lambda: predict_paths(predictor, [images], Path(tmp), batch_size=batch_size).written)
-    model_rate = timed(model_only)
+        predict_rate, model_rate = best_interleaved(
+            lambda: predict_paths(predictor, [images], Path(tmp), batch_size=batch_size).written, model_only, 2
+        )
     return report_ratio(
         "infer",
         ("petseg predict (files in, PNG masks out)", "predict_img_s", predict_rate),
@@ -363,11 +374,13 @@ def bench_baseline(source: Path, model_name: str, size: int, batch_size: int, st
         }
 
         trainer.run(loaders["petseg"])  # warm-up
-        rates = {name: timed(lambda loader=loader: trainer.run(loader)) for name, loader in loaders.items()}
+        reference_rate, petseg_rate = best_interleaved(
+            lambda: trainer.run(loaders["reference"]), lambda: trainer.run(loaders["petseg"]), 2
+        )
     return report_ratio(
         "baseline",
-        ("petseg data path (prepared arrays, v2)", "petseg_img_s", rates["petseg"]),
-        ("reference data path (PIL per item, v1, 0 workers)", "reference_img_s", rates["reference"]),
+        ("petseg data path (prepared arrays, v2)", "petseg_img_s", petseg_rate),
+        ("reference data path (PIL per item, v1, 0 workers)", "reference_img_s", reference_rate),
         "",
         {"model": model_name, "size": size, "batch_size": batch_size, "images": len(names)},
     )

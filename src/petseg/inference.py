@@ -13,6 +13,7 @@ from torchvision import tv_tensors
 from petseg.checkpoint import load_checkpoint
 from petseg.metrics import confusion_counts, per_image_scores
 from petseg.models import model_from_weights
+from petseg.prepare import resize_photo
 from petseg.progress import progress
 from petseg.transforms import eval_transforms
 
@@ -42,8 +43,7 @@ def load_rgb(path: Path, size: int) -> tuple[np.ndarray, Image.Image]:
     """Decode any image by content, apply EXIF orientation, return (uint8 SxSx3, original RGB image)."""
     with Image.open(path) as img:
         original = ImageOps.exif_transpose(img).convert("RGB")
-    resized = np.asarray(original.resize((size, size), Image.Resampling.BILINEAR))
-    return resized, original
+    return resize_photo(np.array(original), size), original
 
 
 def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: float) -> np.ndarray:
