@@ -6,7 +6,10 @@ import json
 import shutil
 
 import pytest
+import torch.distributed as dist
 from helpers import run_stage, write_params
+
+from petseg.distributed import Context, init_from_env
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 DETERMINISTIC_BATCHES = {"augment": {"enabled": False}, "threads": 1}
@@ -43,3 +46,17 @@ def test_batch_must_split_evenly(project):
         "petseg: error: params.yaml: train.unet.batch_size: must be a multiple of train.common.nproc (3): "
         "each process takes an equal share (got 8)"
     )
+
+
+@pytest.mark.parametrize(("device_type", "backend"), [("cpu", "gloo"), ("cuda", "cpu:gloo,cuda:nccl")])
+def test_process_group_can_carry_the_cpu_collectives(monkeypatch, device_type, backend):
+    # Context.sum/all_true/gather reduce CPU tensors: a NCCL-only group would fail on a GPU run's first step.
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert init_from_env(device_type) == Context(rank=1, world_size=2, local_rank=1)
+    assert chosen == [backend]
+    dist.Backend(backend)  # a form this torch accepts

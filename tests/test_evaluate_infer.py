@@ -138,6 +138,24 @@ def test_predict_mixed_inputs(trained, photos, tmp_path, capsys):
         assert Image.open(out / f"{stem}_overlay.png").mode == "RGB"
 
 
+def test_predict_never_overwrites_a_mask_and_predicts_a_file_once(trained, photos, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photos / "dog.png", other / "cat.png")  # same stem as photos/cat.jpg: same mask name
+    out = tmp_path / "masks"
+    code = predict(trained / "models" / "unet.pt", out, photos / "cat.jpg", photos, other / "cat.png")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.count("petseg: error:") == 2  # notes.txt, and the second cat
+    assert (
+        f"petseg: error: {other / 'cat.png'}: its mask would overwrite {photos / 'cat.jpg'}'s (cat.png); "
+        "use another --out for it" in captured.err
+    )
+    assert "predict: 3 masks written" in captured.out  # cat.jpg named twice, predicted once
+    assert Image.open(out / "cat.png").size == Image.open(photos / "cat.jpg").size
+    assert not list(out.glob(".*.tmp"))  # written through temp files, none left behind
+
+
 def test_predict_respects_exif_orientation(trained, synthetic_tree, tmp_path, capsys):
     image = Image.open(synthetic_tree / "images" / "Persian_2.jpg")
     exif = Image.Exif()

@@ -7,9 +7,10 @@ import torch
 from helpers import TINY_PARAMS, deep_merge, run_stage
 
 from petseg.checkpoint import load_checkpoint
-from petseg.config import parse_params
+from petseg.config import TrainCommonConfig, parse_params
 from petseg.device_augment import DeviceAugment
-from petseg.engine import TrainPaths, train
+from petseg.distributed import Context
+from petseg.engine import TrainPaths, train, train_epoch
 from petseg.errors import PetsegError
 from petseg.losses import BCEDiceLoss
 from petseg.models import build_model, model_from_weights
@@ -126,6 +127,47 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(project, monk
     last = load_checkpoint(project / "models" / "unet.last.pt")
     assert last["train_state"]["epoch"] == 1 and len(last["train_state"]["history"]) == 1
     assert not (project / "models" / "unet.pt").exists()  # no half-finished run posing as a result
+
+
+@pytest.mark.parametrize(
+    ("check_every", "nan_step", "message"),
+    [(1, 2, "step 2"), (4, 2, "steps 1-4"), (4, 6, "steps 5-6"), (4, None, None)],
+)
+def test_loss_is_read_every_check_every_steps(check_every, nan_step, message):
+    # On a GPU the loss stays on the device between checks (no host sync per step); the error names the window.
+    torch.manual_seed(0)
+    model = build_model("unet", base_channels=4, batch_norm=True)
+    batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 1, 32, 32), dtype=torch.uint8)) for _ in range(6)]
+    if nan_step:
+        batches[nan_step - 1][0][0, 0, 0, 0] = float("nan")
+    real_loss, losses = BCEDiceLoss(), []
+
+    def recorded_loss(logits, target):
+        losses.append(real_loss(logits, target))
+        return losses[-1]
+
+    def one_epoch():
+        return train_epoch(
+            model,
+            batches,
+            torch.optim.Adam(model.parameters(), lr=1e-3),
+            torch.amp.GradScaler("cpu", enabled=False),
+            recorded_loss,
+            torch.device("cpu"),
+            TrainCommonConfig(device="cpu"),
+            Context(),
+            "test",
+            "epoch 1",
+            check_every=check_every,
+        )
+
+    if message:
+        with pytest.raises(PetsegError, match=f"^loss became nan at epoch 1, {message}$"):
+            one_epoch()
+    else:
+        loss_sum, seen = one_epoch()
+        assert seen == 12
+        assert loss_sum == pytest.approx(sum(2 * loss.item() for loss in losses))
 
 
 def test_early_stopping(project, capsys):

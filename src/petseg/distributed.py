@@ -13,6 +13,10 @@ import torch.distributed as dist
 
 from petseg.errors import PetsegError
 
+# NCCL carries CUDA tensors only. DDP's gradients go through it; the small collectives below (loss sums, the stop
+# vote, gathered confusion counts) are CPU tensors, which on a GPU run travel through gloo beside it.
+BACKENDS = {"cuda": "cpu:gloo,cuda:nccl", "cpu": "gloo"}
+
 
 @dataclass(frozen=True)
 class Context:
@@ -57,7 +61,7 @@ def init_from_env(device_type: str) -> Context:
     if world_size == 1:
         return Context()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend=BACKENDS.get(device_type, "gloo"))
     return Context(rank=dist.get_rank(), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 

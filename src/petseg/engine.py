@@ -98,18 +98,19 @@ def evaluate_loader(
 ) -> tuple[torch.Tensor, float]:
     """Per-image confusion counts (N, 4) and the mean loss (NaN without ``loss_fn``)."""
     model.eval()
-    counts, loss_sum, seen = [], 0.0, 0
+    # Kept on the device until the end: reading them per batch would sync a GPU on every batch.
+    counts, loss_sum, seen = [], torch.zeros((), dtype=torch.float64, device=device), 0
     logit_threshold = math.log(threshold / (1 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
     for images, masks in progress(loader, desc=desc, unit=" batch"):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with autocast_context(device, amp):
             logits = model(images)
         if loss_fn is not None:
-            loss_sum += float(loss_fn(logits, masks)) * len(images)
-        counts.append(confusion_counts(logits.float() > logit_threshold, masks).cpu())
+            loss_sum += loss_fn(logits, masks).double() * len(images)
+        counts.append(confusion_counts(logits.float() > logit_threshold, masks))
         seen += len(images)
-    mean_loss = loss_sum / seen if loss_fn is not None and seen else float("nan")
-    return torch.cat(counts) if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
+    mean_loss = loss_sum.item() / seen if loss_fn is not None and seen else float("nan")
+    return torch.cat(counts).cpu() if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
 
 
 def train_epoch(
@@ -124,13 +125,30 @@ def train_epoch(
     desc: str,
     where: str,
     augment: BatchTransform | None = None,
+    check_every: int = 0,
 ) -> tuple[float, int]:
     """One pass over ``loader`` (the model already in train mode); returns (loss sum, images) over every process.
 
     ``augment`` runs on the device, on the batches as the loader ships them (see :mod:`petseg.device_augment`).
+    The loss is summed on the device and read every ``check_every`` steps (default: every step on a CPU, every
+    25th on a GPU, where a host sync per step would stall the queue of launched kernels); a non-finite sum then
+    stops training in every process.
     """
-    loss_sum, seen = 0.0, 0
+    check_every = check_every or (1 if device.type == "cpu" else 25)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    seen, checked = 0, 0
     bar = progress(loader, desc=desc, unit=" batch", quiet=not context.is_main)
+
+    def check(step: int) -> None:
+        value = loss_sum.item()
+        # Every process must agree to stop, or the others would wait forever in the next all-reduce.
+        if not context.all_true(math.isfinite(value)):
+            what = value if not math.isfinite(value) else "non-finite in another process"
+            steps = f"step {step}" if step == checked + 1 else f"steps {checked + 1}-{step}"
+            raise PetsegError(f"loss became {what} at {where}, {steps}")
+        bar.set_postfix(loss=f"{value / seen:.4f}")
+
+    step = 0
     for step, (images, masks) in enumerate(bar, start=1):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if augment is not None:
@@ -139,19 +157,18 @@ def train_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, common.amp):
             loss = loss_fn(forward(images), masks)
-        loss_value = loss.item()
-        # Every process must agree to stop, or the others would wait forever in the next all-reduce.
-        if not context.all_true(math.isfinite(loss_value)):
-            what = loss_value if not math.isfinite(loss_value) else "non-finite in another process"
-            raise PetsegError(f"loss became {what} at {where}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        loss_sum += loss_value * len(images)
+        loss_sum += loss.detach().double() * len(images)
         seen += len(images)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    total_loss, total_seen = context.sum(loss_sum, seen)
+        if step % check_every == 0:
+            check(step)
+            checked = step
+    if step > checked:
+        check(step)
+    total_loss, total_seen = context.sum(loss_sum.item(), seen)
     return total_loss, int(total_seen)
 
 

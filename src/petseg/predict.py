@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from petseg.fileio import ensure_writable
+from petseg.fileio import atomic_file, ensure_writable
 from petseg.inference import PRED_COLOR, Predictor, load_rgb, mask_at_size, overlay
 from petseg.progress import progress
 
@@ -21,19 +21,36 @@ class PredictSummary:
 
 
 def collect_inputs(paths: list[Path]) -> tuple[list[Path], list[str]]:
-    """Files named directly or found (non-recursively) in directories; problems as messages."""
-    files, problems = [], []
+    """Files named directly or found (non-recursively) in directories; problems as messages.
+
+    A file named twice (directly and through its directory, say) is predicted once. Masks are named by file stem,
+    so of several files sharing a stem only the first is kept; each other one is a problem, never a silent overwrite.
+    """
+    found, problems = [], []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            if not found:
+            listed = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            if not listed:
                 problems.append(f"{path}: empty directory, nothing to predict")
-            files.extend(found)
+            found.extend(listed)
         elif path.is_file():
-            files.append(path)
+            found.append(path)
         else:
             problems.append(f"{path}: no such file or directory")
+    files: list[Path] = []
+    named: dict[str, Path] = {}  # mask name (stem) -> the file it belongs to
+    for path in found:
+        first = named.setdefault(path.stem, path)
+        if first is path:
+            files.append(path)
+        elif first.resolve() != path.resolve():
+            problems.append(f"{path}: its mask would overwrite {first}'s ({path.stem}.png); use another --out for it")
     return files, problems
+
+
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    with atomic_file(path) as handle:
+        Image.fromarray(pixels).save(handle, format="PNG")
 
 
 def _report(message: str) -> None:
@@ -59,10 +76,9 @@ def predict_paths(
         probs = predictor.probabilities(np.stack([item[1] for item in batch]))
         for (path, _, original), prob in zip(batch, probs, strict=True):
             mask = mask_at_size(prob, original.width, original.height, threshold)
-            Image.fromarray(mask).save(out_dir / f"{path.stem}.png")
+            save_png(out_dir / f"{path.stem}.png", mask)
             if overlays:
-                tinted = overlay(np.asarray(original), mask > 0, PRED_COLOR)
-                Image.fromarray(tinted).save(out_dir / f"{path.stem}_overlay.png")
+                save_png(out_dir / f"{path.stem}_overlay.png", overlay(np.asarray(original), mask > 0, PRED_COLOR))
             summary.written += 1
         batch.clear()
 
