@@ -148,7 +148,7 @@ def test_photos_resize_like_pil_bilinear(shape, size):
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (shape[0] // 4 + 1, shape[1] // 4 + 1, 3)), np.ones((4, 4, 1)))
     photo = (smooth[: shape[0], : shape[1]] + rng.integers(-20, 20, (*shape, 3))).clip(0, 255).astype(np.uint8)
-    ours = resize_photo(photo, size)
+    ours = resize_photo(Image.fromarray(photo), size)
     pil = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR))
     assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
     assert np.abs(ours.astype(int) - pil).max() <= 1

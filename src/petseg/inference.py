@@ -43,7 +43,7 @@ def load_rgb(path: Path, size: int) -> tuple[np.ndarray, Image.Image]:
     """Decode any image by content, apply EXIF orientation, return (uint8 SxSx3, original RGB image)."""
     with Image.open(path) as img:
         original = ImageOps.exif_transpose(img).convert("RGB")
-    return resize_photo(np.array(original), size), original
+    return resize_photo(original, size), original
 
 
 def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: float) -> np.ndarray:

@@ -82,13 +82,13 @@ def split_trainval(entries: list[ListEntry], valid_fraction: float, seed: int) -
     return sorted(ordered[n_valid:], key=lambda e: e.name), sorted(ordered[:n_valid], key=lambda e: e.name)
 
 
-def resize_photo(pixels: np.ndarray, size: int) -> np.ndarray:
-    """uint8 HxWx3 -> uint8 size x size x 3, bilinear with antialiasing (PIL's filter, within 1 grey level).
+def resize_photo(photo: Image.Image, size: int) -> np.ndarray:
+    """An RGB photo -> uint8 size x size x 3, bilinear with antialiasing (PIL's filter, within 1 grey level).
 
     torch's uint8 kernel is vectorised: ~4x faster than PIL's resize here, the biggest per-photo cost after decoding.
     The cache and inference both resize through this, so the model sees photos made the same way.
     """
-    chw = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    chw = torch.from_numpy(np.array(photo)).permute(2, 0, 1)  # a writable copy, as torch.from_numpy expects
     return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()
 
 
@@ -111,7 +111,7 @@ def load_sample(
                 # Decode at the smallest 1/2^k scale that is still >= the target size: much less work.
                 img.draft("RGB", (size, size))
             rgb = img if img.mode == "RGB" else img.convert("RGB")  # converting RGB to RGB is a full copy
-            pixels = np.array(rgb)  # writable, as torch.from_numpy expects
+            image = resize_photo(rgb, size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise SampleError(f"image cannot be decoded ({err})") from None
     try:
@@ -129,7 +129,7 @@ def load_sample(
         raise SampleError(f"trimap has values {unexpected} outside {{1, 2, 3}}")
     lut = np.zeros(256, dtype=np.uint8)
     lut[TRIMAP_PET], lut[TRIMAP_BACKGROUND], lut[TRIMAP_BOUNDARY] = 1, 0, BOUNDARY_VALUE[boundary]
-    return resize_photo(pixels, size), lut[np.asarray(small)], width, height
+    return image, lut[np.asarray(small)], width, height
 
 
 def _one_thread_per_worker() -> None:
@@ -217,10 +217,11 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
         "foreground_fraction": {},
     }
     with atomic_dir(out_dir) as tmp, ProcessPoolExecutor(workers, initializer=_one_thread_per_worker) as pool:
-        jobs = []
+        jobs, arrays = [], {}
         for split, entries in splits.items():
             images = RowFile.create(tmp / f"{split}_images.npy", len(entries), (size, size, 3))
             masks = RowFile.create(tmp / f"{split}_masks.npy", len(entries), (size, size))
+            arrays[split] = (images, masks)
             jobs += [
                 _Job(
                     i,
@@ -250,8 +251,8 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
                 pet_pixels += pets
                 labelled_pixels += labelled
             if len(kept_rows) < len(entries):
-                _keep_rows(tmp / f"{split}_images.npy", kept_rows)
-                _keep_rows(tmp / f"{split}_masks.npy", kept_rows)
+                for array in arrays[split]:
+                    _keep_rows(array.path, kept_rows)
             _write_split_csv(tmp / f"{split}.csv", kept)
             report["counts"][split] = len(kept)
             report["species"][split] = dict(sorted(Counter(e.species for e, _, _ in kept).items()))
