@@ -12,7 +12,7 @@ CPU_PRESET := -S 'prepare.source=$(SOURCE)' -S prepare.image_size=64 \
 	-S train.unet.lr=0.001 -S train.res34.epochs=6 -S train.res34.batch_size=8 -S train.res34.lr=0.001 \
 	-S infer.limit=32
 
-.PHONY: repro repro-cpu test lint bench venv clean
+.PHONY: repro repro-cpu test test-fast lint bench venv clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -30,9 +30,14 @@ repro-cpu: $(STAMP)
 test: $(STAMP)
 	pytest
 
+# The edit loop: everything but the end-to-end tests marked slow (CI runs them all).
+test-fast: $(STAMP)
+	pytest -m "not slow"
+
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
+	lint-imports
 
 bench: $(STAMP)
 	petseg bench prepare --source $(SOURCE)

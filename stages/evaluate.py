@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from petseg.config import MODEL_NAMES, load_params, to_flat_dict
+from petseg.config import MODEL_NAMES, load_params
 from petseg.errors import exits_cleanly
-from petseg.evaluation import HEADLINE, breed_table, model_metrics, per_image_dice, score_split
+from petseg.evaluation.predictor import Predictor
+from petseg.evaluation.scoring import HEADLINE, breed_table, model_metrics, per_image_dice, score_split
 from petseg.fileio import ensure_writable, write_json, write_text
-from petseg.inference import Predictor
+from petseg.pipeline import PREPARED_DIR, REPORTS_DIR, checkpoint_path, stage_tracker
 from petseg.plots import plot_dice_histogram, plot_model_comparison
 from petseg.runtime import resolve_device
-from petseg.tracking import Tracker, dvc_experiment_name, run_tags
+from petseg.schema import to_flat_dict
 
-PREPARED_DIR = Path("data/prepared")
-OUT_DIR = Path("reports/evaluate")
+OUT_DIR = REPORTS_DIR / "evaluate"
+OUTPUTS = [OUT_DIR / name for name in ("metrics.json", "per_breed.csv", "comparison.png", "dice_hist.png")]
 
 
 @exits_cleanly
@@ -24,7 +24,7 @@ def main() -> None:
     cfg = params.evaluate
     ensure_writable(OUT_DIR)
     device = resolve_device("auto")
-    predictors = {name: Predictor(Path("models") / f"{name}.pt", device) for name in MODEL_NAMES}
+    predictors = {name: Predictor(checkpoint_path(name), device) for name in MODEL_NAMES}
     counts, metrics, rows = {}, {}, []
     for name, predictor in predictors.items():
         counts[name], rows = score_split(
@@ -32,26 +32,19 @@ def main() -> None:
         )
         metrics[name] = model_metrics(counts[name], rows)
         print(f"evaluate: {name}: " + ", ".join(f"{k} {metrics[name][k]:.4f}" for k in HEADLINE))
-    write_json(OUT_DIR / "metrics.json", metrics)
-    write_text(OUT_DIR / "per_breed.csv", breed_table(counts, rows).to_csv(index=False))
-    plot_model_comparison(metrics, list(HEADLINE), OUT_DIR / "comparison.png")
-    plot_dice_histogram({name: per_image_dice(c) for name, c in counts.items()}, OUT_DIR / "dice_hist.png")
+    metrics_path, breeds_path, comparison_path, hist_path = OUTPUTS
+    write_json(metrics_path, metrics)
+    write_text(breeds_path, breed_table(counts, rows).to_csv(index=False))
+    plot_model_comparison(metrics, list(HEADLINE), comparison_path)
+    plot_dice_histogram({name: per_image_dice(c) for name, c in counts.items()}, hist_path)
 
     for name in MODEL_NAMES:
-        tags = run_tags("evaluate", name)
-        with Tracker(params.tracking.experiment, f"{dvc_experiment_name()}-{name}-evaluate", tags) as tracker:
+        with stage_tracker(params, "evaluate", name) as tracker:
             if training_run := tracker.latest_run_id(f"train_{name}", name):
                 tracker.set_tags({"training_run_id": training_run})
             tracker.log_params(to_flat_dict(cfg, "evaluate."))
             tracker.log_metrics({f"test_{k}": v for k, v in metrics[name].items() if k in HEADLINE})
-            tracker.log_artifacts(
-                [
-                    OUT_DIR / "metrics.json",
-                    OUT_DIR / "per_breed.csv",
-                    OUT_DIR / "comparison.png",
-                    OUT_DIR / "dice_hist.png",
-                ]
-            )
+            tracker.log_artifacts(OUTPUTS)
 
 
 if __name__ == "__main__":

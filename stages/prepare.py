@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from petseg.config import load_params, to_flat_dict
-from petseg.download import ARCHIVES, expected_checksum, fetch_archive, public_source
+from petseg.config import load_params
+from petseg.data.cache import prepare_dataset
+from petseg.data.download import ARCHIVES, expected_checksum, fetch_archive, public_source
+from petseg.data.extract import extract_archive
 from petseg.errors import exits_cleanly
-from petseg.extract import extract_archive
 from petseg.fileio import ensure_writable, write_json
-from petseg.prepare import prepare_dataset
-from petseg.tracking import Tracker, dvc_experiment_name, run_tags
+from petseg.pipeline import PREPARED_DIR, RAW_DIR, REPORTS_DIR, stage_tracker
+from petseg.schema import to_flat_dict
 
-RAW_DIR = Path("data/raw")
-PREPARED_DIR = Path("data/prepared")
-REPORT = Path("reports/prepare.json")
+REPORT = REPORTS_DIR / "prepare.json"
 
 
 @exits_cleanly
@@ -37,7 +35,7 @@ def main() -> None:
         f"prepare: train {counts['train']}, valid {counts['valid']}, test {counts['test']} at "
         f"{cfg.image_size}px; skipped {report['skipped_count']} (see {REPORT})"
     )
-    with Tracker(params.tracking.experiment, f"{dvc_experiment_name()}-prepare", run_tags("prepare")) as tracker:
+    with stage_tracker(params, "prepare") as tracker:
         tracker.log_params(to_flat_dict(cfg, "prepare.") | {"prepare.source": public_source(cfg.source)})
         tracker.log_metrics({f"count.{k}": v for k, v in counts.items()} | {"skipped": report["skipped_count"]})
         tracker.log_artifacts([REPORT])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
+
+from petseg.config import AugmentConfig, Params, PrepareConfig, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 MINI_DATA = REPO.parent / "shared" / "data" / "oxford-pets-mini"
@@ -185,5 +188,29 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def shipped_params() -> dict:
+    """The repository's params.yaml: the only place a default lives."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params(overrides: dict | None = None) -> dict:
+    """Every key of params.yaml, with TINY_PARAMS and ``overrides`` on top."""
+    return deep_merge(deep_merge(shipped_params(), TINY_PARAMS), overrides or {})
+
+
+def make_params(overrides: dict | None = None) -> Params:
+    return parse_params(tiny_params(overrides))
+
+
+def prepare_config(**changes) -> PrepareConfig:
+    """The shipped prepare section with ``changes``."""
+    return dataclasses.replace(parse_params(shipped_params()).prepare, **changes)
+
+
+def augment_config(**changes) -> AugmentConfig:
+    """The shipped augmentation settings with ``changes``."""
+    return dataclasses.replace(parse_params(shipped_params()).train.common.augment, **changes)
+
+
 def write_params(directory: Path, overrides: dict) -> None:
-    (directory / "params.yaml").write_text(yaml.safe_dump(deep_merge(TINY_PARAMS, overrides)))
+    (directory / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides)))

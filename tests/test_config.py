@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import REPO, run_stage
+from helpers import REPO, deep_merge, make_params, run_stage, shipped_params
 
-from petseg.config import ConfigError, load_params, parse_params, to_flat_dict
+from petseg.config import ConfigError, load_params, parse_params
+from petseg.schema import to_flat_dict
 
 
 def flatten(raw: dict, prefix: str = "") -> dict:
@@ -25,11 +26,54 @@ def test_repo_params_are_valid_and_complete():
     assert set(flatten(raw)) == set(to_flat_dict(params))
 
 
-def test_empty_file_gives_defaults():
-    params = parse_params(None)
-    assert params.prepare.valid_fraction == 0.1
+def test_model_params_are_the_architecture_keys():
+    params = parse_params(shipped_params())
     assert params.train.res34.pretrained is False
     assert params.train.model("unet").model_params() == {"base_channels": 64, "batch_norm": False}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty (every section is required: prepare, train, evaluate, infer, tracking)"),
+        ("prepare: {}\n", "train: missing (every key is required, as in the shipped params.yaml)"),
+    ],
+)
+def test_an_empty_or_partial_file_is_one_line_naming_what_is_missing(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value) == f"{tmp_path / 'params.yaml'}: {message}"
+
+
+@pytest.mark.parametrize(
+    "key", ["train.unet.base_channels", "train.common.augment.hflip", "evaluate.threshold", "tracking.experiment"]
+)
+def test_every_key_is_required(key):
+    raw = shipped_params()
+    *parents, leaf = key.split(".")
+    section = raw
+    for part in parents:
+        section = section[part]
+    del section[leaf]
+    with pytest.raises(ConfigError, match=f"^params.yaml: {key}: missing"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("key", ["train.unet.lr", "train.res34.weight_decay", "prepare.valid_fraction"])
+def test_non_finite_floats_are_refused(tmp_path, key, value):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(shipped_params()))
+    with pytest.raises(ConfigError, match=f"^{path}: {key}: must be a finite number"):
+        load_params(path, {key: value})
+
+
+def test_overrides_apply_on_top_of_the_file_and_are_validated():
+    params = load_params(REPO / "params.yaml", {"prepare.image_size": 64, "train.common.device": "cpu"})
+    assert params.prepare.image_size == 64 and params.train.common.device == "cpu"
+    with pytest.raises(ConfigError, match="prepare.image_sise: unknown key"):
+        load_params(REPO / "params.yaml", {"prepare.image_sise": 64})
 
 
 @pytest.mark.parametrize(
@@ -57,13 +101,13 @@ def test_empty_file_gives_defaults():
 )
 def test_invalid_values_name_the_key(raw, message):
     with pytest.raises(ConfigError) as err:
-        parse_params(raw)
+        parse_params(deep_merge(shipped_params(), raw))
     assert message in str(err.value)
 
 
 def test_model_lookup_rejects_unknown_model():
     with pytest.raises(ConfigError, match="unknown model 'vgg'"):
-        parse_params({}).train.model("vgg")
+        make_params().train.model("vgg")
 
 
 def test_invalid_yaml_names_the_line(tmp_path):
@@ -75,7 +119,8 @@ def test_invalid_yaml_names_the_line(tmp_path):
 
 @pytest.mark.parametrize("stage", ["prepare", "evaluate", "infer"])
 def test_stage_refuses_bad_params_in_one_line_before_any_work(tmp_path, stage):
-    (tmp_path / "params.yaml").write_text("prepare:\n  image_size: 100\n")
+    bad = deep_merge(shipped_params(), {"prepare": {"image_size": 100}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     result = run_stage(stage, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (

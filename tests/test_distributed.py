@@ -9,7 +9,7 @@ import pytest
 import torch.distributed as dist
 from helpers import run_stage, write_params
 
-from petseg.distributed import Context, init_from_env
+from petseg.training.distributed import Context, init_from_env
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 DETERMINISTIC_BATCHES = {"augment": {"enabled": False}, "threads": 1}

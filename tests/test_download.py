@@ -4,11 +4,11 @@ import hashlib
 import shutil
 
 import pytest
-from helpers import RangeServer
+from helpers import RangeServer, prepare_config
 
-from petseg import download
-from petseg.config import OFFICIAL_SOURCE, PrepareConfig
-from petseg.download import Checksum, expected_checksum, fetch_archive, public_source
+from petseg.config import OFFICIAL_SOURCE
+from petseg.data import download
+from petseg.data.download import Checksum, expected_checksum, fetch_archive, public_source
 from petseg.errors import PetsegError
 
 
@@ -117,10 +117,10 @@ def test_changed_source_is_fetched_again(tmp_path, synthetic_archives):
 
 
 def test_official_source_uses_official_md5_and_user_checksums_win():
-    official = PrepareConfig()
+    official = prepare_config()
     assert expected_checksum(official, "images.tar.gz") == Checksum("md5", "5c4f3ee8e5d25df40f4fd59a7f44e54c")
     assert expected_checksum(official, "annotations.tar.gz") == Checksum("md5", "95a8c909bbe2e81eed6a22bccdf3f68f")
-    mirror = PrepareConfig(source="https://mirror.example/pets", checksums={"images.tar.gz": "sha256:" + "a" * 64})
+    mirror = prepare_config(source="https://mirror.example/pets", checksums={"images.tar.gz": "sha256:" + "a" * 64})
     assert expected_checksum(mirror, "images.tar.gz") == Checksum("sha256", "a" * 64)
     assert expected_checksum(mirror, "annotations.tar.gz") is None
     assert OFFICIAL_SOURCE.startswith("https://")

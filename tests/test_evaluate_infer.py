@@ -11,9 +11,9 @@ import torch
 from helpers import run_stage
 from PIL import Image
 
-from petseg.checkpoint import load_checkpoint, save_checkpoint
 from petseg.cli import main as petseg_main
 from petseg.errors import PetsegError
+from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 

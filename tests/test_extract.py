@@ -6,8 +6,8 @@ import tarfile
 import pytest
 from helpers import add_member
 
+from petseg.data.extract import extract_archive
 from petseg.errors import PetsegError
-from petseg.extract import extract_archive
 
 
 @pytest.fixture

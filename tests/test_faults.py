@@ -11,13 +11,12 @@ import time
 from collections import namedtuple
 
 import pytest
-from helpers import REPO, run_stage, write_params
+from helpers import REPO, prepare_config, run_stage, write_params
 
 from petseg import fileio
-from petseg.config import PrepareConfig
+from petseg.data.cache import prepare_dataset
 from petseg.errors import PetsegError
 from petseg.fileio import atomic_file, write_json
-from petseg.prepare import prepare_dataset
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 LONGER = {"train": {"unet": {"epochs": 5, "base_channels": 16}}}
@@ -76,7 +75,7 @@ def test_prepare_refuses_to_start_without_disk_space(tmp_path, synthetic_tree, m
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / "out",
-            PrepareConfig(image_size=512, workers=1),
+            prepare_config(image_size=512, workers=1),
         )
     assert not (tmp_path / "out").exists()
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petseg.losses import BCEDiceLoss
-from petseg.metrics import confusion_counts, per_image_scores, summarize
+from petseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
+from petseg.training.losses import BCEDiceLoss
 
 
 def t(rows):
@@ -16,8 +16,8 @@ def t(rows):
 def test_hand_computed_scores_with_an_ignored_pixel():
     pred = t([[1, 1, 0, 0]]).bool()
     target = t([[1, 0, 1, 255]])
-    assert confusion_counts(pred, target).tolist() == [[1, 1, 1, 0]]
-    scores = {k: float(v) for k, v in per_image_scores(confusion_counts(pred, target)).items()}
+    assert confusion_counts(pred, target, 255).tolist() == [[1, 1, 1, 0]]
+    scores = {k: float(v) for k, v in per_image_scores(confusion_counts(pred, target, 255)).items()}
     assert scores == pytest.approx({"dice": 0.5, "iou": 1 / 3, "accuracy": 1 / 3, "precision": 0.5, "recall": 0.5})
 
 
@@ -37,7 +37,7 @@ def test_hand_computed_scores_with_an_ignored_pixel():
     ids=["both-empty", "both-full", "all-false-positive", "all-missed", "all-ignored"],
 )
 def test_empty_and_full_masks_follow_the_documented_rule(pred, target, expected):
-    scores = per_image_scores(confusion_counts(t([pred]).bool(), t([target])))
+    scores = per_image_scores(confusion_counts(t([pred]).bool(), t([target]), 255))
     assert {k: float(v) for k, v in scores.items()} == expected
 
 
@@ -66,7 +66,7 @@ def test_agrees_with_an_independent_numpy_implementation():
     pred = rng.random((16, 1, 20, 24)) < 0.5
     target[3] = 0  # an image with no pet
     pred[3] = False  # ... correctly predicted empty
-    ours = summarize(confusion_counts(torch.from_numpy(pred), torch.from_numpy(target)))
+    ours = summarize(confusion_counts(torch.from_numpy(pred), torch.from_numpy(target), 255))
     for key, value in numpy_reference(pred, target).items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
     assert ours["images"] == 16
@@ -79,10 +79,10 @@ def test_loss_ignores_ignore_pixels_and_matches_bce():
     target[:, :, :2] = 255
     changed = logits.clone()
     changed[:, :, :2] = 100.0  # wild logits where nothing is labelled
-    loss = BCEDiceLoss()
+    loss = BCEDiceLoss(ignore_index=255)
     assert loss(logits, target) == pytest.approx(float(loss(changed, target)))
     valid = target != 255
-    bce_only = BCEDiceLoss(bce_weight=1.0, dice_weight=0.0)(logits, target)
+    bce_only = BCEDiceLoss(bce_weight=1.0, dice_weight=0.0, ignore_index=255)(logits, target)
     assert bce_only == pytest.approx(float(F.binary_cross_entropy_with_logits(logits[valid], target[valid].float())))
 
 
@@ -90,6 +90,6 @@ def test_loss_is_small_for_a_confident_right_answer_and_large_for_a_wrong_one():
     target = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     target[..., 2:6, 2:6] = 1
     right = torch.where(target == 1, 10.0, -10.0)
-    loss = BCEDiceLoss()
+    loss = BCEDiceLoss(ignore_index=255)
     assert float(loss(right, target)) < 0.01
     assert float(loss(-right, target)) > 5.0

@@ -61,6 +61,38 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
+def changed_stages(project: Path) -> set[str]:
+    status = json.loads(sh(project, "dvc", "status", "--json"))
+    return set(status)
+
+
+def assert_status_follows_code_and_params(project: Path) -> None:
+    """Speed and naming params re-run nothing; editing a module re-runs exactly the stages that import it."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["tracking"]["experiment"] = "renamed"
+    params["train"]["common"]["num_workers"] += 1
+    params["train"]["common"]["threads"] += 1
+    params["prepare"]["workers"] += 1
+    params["evaluate"]["batch_size"] += 1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    assert changed_stages(project) == set()
+    params_file.write_text(original)
+
+    for module, expected in {
+        "src/petseg/training/losses.py": {"train_unet", "train_res34"},
+        "src/petseg/evaluation/scoring.py": {"evaluate"},
+        "src/petseg/data/layout.py": {"prepare", "train_unet", "train_res34", "evaluate", "infer"},
+    }.items():
+        source = project / module
+        text = source.read_text()
+        source.write_text(text + "\n# an edit\n")
+        assert changed_stages(project) == expected, module
+        source.write_text(text)
+    assert changed_stages(project) == set()
+
+
 @pytest.fixture(params=["synthetic", "mini"])
 def source(request, synthetic_archives) -> Path:
     if request.param == "synthetic":
@@ -88,6 +120,7 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
 
     again = sh(project, "dvc", "repro")
     assert ran_stages(again) == [] and "Data and pipelines are up to date." in again
+    assert_status_follows_code_and_params(project)
 
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-qm", "baseline results")
@@ -117,20 +150,21 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     names = {run.info.run_name for run in runs}
     assert {
         "workspace-prepare",
-        "workspace-unet",
-        "workspace-res34",
-        "workspace-unet-evaluate",
-        "workspace-res34-evaluate",
-        "res34-faster-res34",
-        "in-temp-copy-res34",
+        "workspace-train-unet",
+        "workspace-train-res34",
+        "workspace-evaluate-unet",
+        "workspace-evaluate-res34",
+        "workspace-infer-res34",
+        "res34-faster-train-res34",
+        "in-temp-copy-train-res34",
     } <= names
-    temp_run = next(run for run in runs if run.info.run_name == "in-temp-copy-res34")
+    temp_run = next(run for run in runs if run.info.run_name == "in-temp-copy-train-res34")
     assert temp_run.data.tags["dvc.exp_name"] == "in-temp-copy" and temp_run.data.tags.get("dvc.baseline_rev")
-    evaluate_run = next(run for run in runs if run.info.run_name == "res34-faster-res34-evaluate")
-    training_run = next(run for run in runs if run.info.run_name == "res34-faster-res34")
+    evaluate_run = next(run for run in runs if run.info.run_name == "res34-faster-evaluate-res34")
+    training_run = next(run for run in runs if run.info.run_name == "res34-faster-train-res34")
     assert evaluate_run.data.tags["training_run_id"] == training_run.info.run_id
-    unet_evaluate = next(run for run in runs if run.info.run_name == "res34-faster-unet-evaluate")
-    unet_training = next(run for run in runs if run.info.run_name == "workspace-unet")
+    unet_evaluate = next(run for run in runs if run.info.run_name == "res34-faster-evaluate-unet")
+    unet_training = next(run for run in runs if run.info.run_name == "workspace-train-unet")
     assert unet_evaluate.data.tags["training_run_id"] == unet_training.info.run_id  # not retrained: baseline's run
     assert "test_dice_per_image" in evaluate_run.data.metrics
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into the temp copy

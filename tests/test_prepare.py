@@ -6,12 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import RangeServer, make_tree, run_stage
+from helpers import RangeServer, make_tree, prepare_config, run_stage, write_params
 from PIL import Image
 
-from petseg.config import PrepareConfig
+from petseg.data.cache import prepare_dataset
+from petseg.data.layout import SPLITS, sample_file
+from petseg.data.lists import build_splits, parse_list_file, split_trainval
+from petseg.data.photos import load_sample, resize_photo
 from petseg.errors import PetsegError
-from petseg.prepare import SPLITS, load_sample, parse_list_file, prepare_dataset, resize_photo, split_trainval
 
 
 def read_csv(path):
@@ -29,7 +31,7 @@ def test_stage_over_http_end_to_end(tmp_path, synthetic_archives, synthetic_tree
                 "checksums": {k: f"sha256:{v}" for k, v in digests.items()},
             }
         }
-        (tmp_path / "params.yaml").write_text(json.dumps(params))
+        write_params(tmp_path, params)
         result = run_stage("prepare", tmp_path, env={"PETSEG_MLFLOW": "0"})
     assert result.returncode == 0, result.stderr
     assert "prepare: train 22, valid 2, test 8 at 64px; skipped 0" in result.stdout
@@ -77,6 +79,63 @@ def test_malformed_list_line_names_file_and_line(tmp_path):
         parse_list_file(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../../../../tmp/evil", "contains a path separator"),
+        ("/etc/passwd", "contains a path separator"),
+        ("..", "empty or a dot name"),
+        ("a..b", "contains '..'"),
+        ("C:evil", "a drive path"),
+        ("sub\\evil", "contains a path separator"),
+        ("evil\x00x", "contains a control character"),
+        ("evil\x1bx", "contains a control character"),
+    ],
+)
+def test_a_sample_name_that_could_leave_its_directory_is_refused_with_file_and_line(tmp_path, name, reason):
+    path = tmp_path / "test.txt"
+    path.write_text(f"Persian_1 1 1 1\n{name} 1 1 1\n")
+    with pytest.raises(PetsegError) as err:
+        parse_list_file(path)
+    assert str(err.value) == f"{path}:2: refused sample name {name!r} ({reason}); a name is a plain file stem"
+
+
+def test_a_hostile_test_list_writes_nothing_outside_the_project(tmp_path, synthetic_tree):
+    tree = tmp_path / "tree"
+    shutil.copytree(synthetic_tree, tree)
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    with (tree / "annotations" / "test.txt").open("a") as handle:
+        handle.write(f"../../../../..{victim.with_suffix('')} 1 1 1\n")
+    with pytest.raises(PetsegError, match="test.txt:.*refused sample name"):
+        prepare_dataset(tree / "images", tree / "annotations", tmp_path / "prepared", prepare_config(image_size=32))
+    assert victim.read_bytes() == b"precious" and not (tmp_path / "prepared").exists()
+
+
+def test_joining_a_name_to_a_directory_never_leaves_it(tmp_path):
+    assert sample_file(tmp_path, "Persian_1", ".png") == tmp_path / "Persian_1.png"
+    with pytest.raises(PetsegError, match=r"refused sample name '\.\./x'"):
+        sample_file(tmp_path, "../x", ".png")
+
+
+def test_a_list_file_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "trainval.txt"
+    path.write_bytes(b"Persian_1 1 1 1\nPers\xffian_2 1 1 1\n")
+    with pytest.raises(PetsegError, match=r"^.*trainval.txt:2: not UTF-8 text \(byte 0xff at column 5\)$"):
+        parse_list_file(path)
+
+
+def test_a_name_listed_twice_names_both_places(tmp_path):
+    path = tmp_path / "trainval.txt"
+    path.write_text("Persian_1 1 1 1\nPersian_2 1 1 1\nPersian_1 1 1 1\n")
+    with pytest.raises(PetsegError, match=r"trainval.txt:3: Persian_1 is listed twice \(first on line 1\)$"):
+        parse_list_file(path)
+    (tmp_path / "trainval.txt").write_text("Persian_1 1 1 1\nPersian_2 1 1 1\nPersian_3 1 1 1\n")
+    (tmp_path / "test.txt").write_text("beagle_1 2 2 1\nPersian_2 1 1 1\n")
+    with pytest.raises(PetsegError, match=r"Persian_2 is listed in both trainval.txt:2 and test.txt:2"):
+        build_splits(tmp_path, prepare_config())
+
+
 @pytest.fixture
 def awkward_tree(tmp_path):
     """A tree with every real-world quirk and fault the stage must survive."""
@@ -100,7 +159,7 @@ def awkward_tree(tmp_path):
 
 
 def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, awkward_tree):
-    cfg = PrepareConfig(image_size=32, workers=2)
+    cfg = prepare_config(image_size=32, workers=2)
     out = tmp_path / "prepared"
     report = prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg)
     reasons = {row["name"]: row["reason"] for row in report["skipped"]}
@@ -124,7 +183,8 @@ def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, aw
 def test_every_cached_row_holds_its_csv_sample_after_skips(tmp_path, awkward_tree):
     # Rows are written by worker processes and compacted around the skipped samples of every split.
     out = tmp_path / "prepared"
-    prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, PrepareConfig(image_size=32, workers=2))
+    cfg = prepare_config(image_size=32, workers=2)
+    prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg)
     checked = 0
     for split in SPLITS:
         images, masks = np.load(out / f"{split}_images.npy"), np.load(out / f"{split}_masks.npy")
@@ -161,7 +221,7 @@ def test_boundary_rule(tmp_path, synthetic_tree, boundary, values):
         synthetic_tree / "images",
         synthetic_tree / "annotations",
         out,
-        PrepareConfig(image_size=64, boundary=boundary, workers=1),
+        prepare_config(image_size=64, boundary=boundary, workers=1),
     )
     masks = np.load(out / "train_masks.npy")
     assert set(np.unique(masks)) == values
@@ -175,7 +235,7 @@ def test_boundary_as_pet_has_more_foreground_than_as_background(tmp_path, synthe
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / boundary,
-            PrepareConfig(image_size=64, boundary=boundary, workers=1),
+            prepare_config(image_size=64, boundary=boundary, workers=1),
         )
         fractions[boundary] = report["foreground_fraction"]["train"]
     assert fractions["pet"] > fractions["background"]
@@ -190,7 +250,7 @@ def test_real_mini_slice(tmp_path, mini_data):
             "checksums": {name: f"sha256:{digest}" for name, digest in sums.items()},
         }
     }
-    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    write_params(tmp_path, params)
     result = run_stage("prepare", tmp_path, env={"PETSEG_MLFLOW": "0"})
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "reports" / "prepare.json").read_text())
@@ -213,7 +273,7 @@ def test_meta_identifies_the_split_so_training_never_resumes_on_another(tmp_path
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / name,
-            PrepareConfig(image_size=32, seed=seed, workers=1),
+            prepare_config(image_size=32, seed=seed, workers=1),
         )
         return json.loads((tmp_path / name / "meta.json").read_text())["split_lists"]
 

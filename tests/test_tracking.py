@@ -26,7 +26,7 @@ def assert_training_run_logged(uri: str, name: str = "unet") -> None:
     runs = client.search_runs([experiment.experiment_id], f"tags.stage = 'train_{name}'")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == f"workspace-{name}" and run.info.status == "FINISHED"
+    assert run.info.run_name == f"workspace-train-{name}" and run.info.status == "FINISHED"
     assert run.data.tags["dvc.exp_name"] == "workspace" and run.data.tags["model"] == name
     assert run.data.tags["mlflow.source.name"] == "stages/train.py"  # no absolute machine path
     assert run.data.params[f"train.{name}.lr"] == "0.003"

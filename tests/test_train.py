@@ -1,28 +1,29 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import pytest
 import torch
-from helpers import TINY_PARAMS, deep_merge, run_stage
+from helpers import TINY_PARAMS, make_params, run_stage
 
-from petseg.checkpoint import load_checkpoint
-from petseg.config import TrainCommonConfig, parse_params
-from petseg.device_augment import DeviceAugment
-from petseg.distributed import Context
-from petseg.engine import TrainPaths, train, train_epoch
+from petseg.data.device_augment import DeviceAugment
 from petseg.errors import PetsegError
-from petseg.losses import BCEDiceLoss
+from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
-from petseg.reports import TIMING_FIELDS, write_training_reports
+from petseg.models.checkpoint import load_checkpoint
+from petseg.training.losses import BCEDiceLoss
+from petseg.training.reports import TIMING_FIELDS, write_training_reports
+from petseg.training.trainer import Trainer, TrainPaths
 
 
 def run_training(project, name="unet", overrides=None, tracker=None):
-    params = parse_params(deep_merge(TINY_PARAMS, overrides or {}))
+    trainer = Trainer(name, make_params(overrides))
     paths = TrainPaths(best=project / "models" / f"{name}.pt", last=project / "models" / f"{name}.last.pt")
-    state, weights = train(name, params, project / "data" / "prepared", paths, tracker)
+    state = trainer.fit(project / "data" / "prepared", paths, tracker)
     write_training_reports(state, project / "reports" / "train" / name)
-    return state, weights
+    return state, trainer.best_weights
 
 
 def without_timing(history):
@@ -135,31 +136,21 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(project, monk
 )
 def test_loss_is_read_every_check_every_steps(check_every, nan_step, message):
     # On a GPU the loss stays on the device between checks (no host sync per step); the error names the window.
-    torch.manual_seed(0)
-    model = build_model("unet", base_channels=4, batch_norm=True)
+    params = make_params({"train": {"common": {"device": "cpu"}, "unet": {"batch_norm": True, "lr": 1e-3}}})
+    trainer = Trainer("unet", params)
     batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 2, (2, 1, 32, 32), dtype=torch.uint8)) for _ in range(6)]
     if nan_step:
         batches[nan_step - 1][0][0, 0, 0, 0] = float("nan")
-    real_loss, losses = BCEDiceLoss(), []
+    real_loss, losses = trainer.loss_fn, []
 
     def recorded_loss(logits, target):
         losses.append(real_loss(logits, target))
         return losses[-1]
 
+    trainer.loss_fn = recorded_loss
+
     def one_epoch():
-        return train_epoch(
-            model,
-            batches,
-            torch.optim.Adam(model.parameters(), lr=1e-3),
-            torch.amp.GradScaler("cpu", enabled=False),
-            recorded_loss,
-            torch.device("cpu"),
-            TrainCommonConfig(device="cpu"),
-            Context(),
-            "test",
-            "epoch 1",
-            check_every=check_every,
-        )
+        return trainer.train_one_epoch(batches, epoch=1, check_every=check_every)
 
     if message:
         with pytest.raises(PetsegError, match=f"^loss became nan at epoch 1, {message}$"):
@@ -184,7 +175,7 @@ def test_one_batch_overfits():
     masks[:, :, 8:24, 10:20] = 1
     model = build_model("unet", base_channels=8, batch_norm=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    loss_fn = BCEDiceLoss()
+    loss_fn = BCEDiceLoss(ignore_index=255)
     losses = []
     for _ in range(60):
         loss = loss_fn(model(images), masks)
@@ -193,3 +184,15 @@ def test_one_batch_overfits():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0]
+
+
+def test_a_second_training_of_the_same_model_is_refused_naming_the_holder(project):
+    with exclusive_lock(project / "models" / ".unet.lock", "training of unet"):
+        result = run_stage("train", project, "--model", "unet", env={"PETSEG_MLFLOW": "0"})
+    assert result.returncode == 2
+    assert re.fullmatch(
+        rf"petseg: error: training of unet is already running \(pid {os.getpid()}, started [0-9: -]+\); "
+        r"wait for it to finish or stop it\n",
+        result.stderr,
+    )
+    assert not (project / "models" / "unet.last.pt").exists()  # refused before any work

@@ -3,11 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import augment_config
 from torchvision import tv_tensors
 
-from petseg.config import AugmentConfig
-from petseg.device_augment import DeviceAugment
-from petseg.transforms import eval_transforms, train_transforms
+from petseg.data.device_augment import DeviceAugment
+from petseg.data.transforms import eval_transforms, train_transforms
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -60,9 +60,9 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize(
     "cfg",
     [
-        AugmentConfig(),
-        AugmentConfig(rotation=45.0, translate=0.2, crop_scale=(0.3, 1.0), hflip=0.5, color_jitter=0.0),
-        AugmentConfig(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.0),
+        augment_config(),
+        augment_config(rotation=45.0, translate=0.2, crop_scale=(0.3, 1.0), hflip=0.5, color_jitter=0.0),
+        augment_config(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.0),
     ],
     ids=["defaults", "strong-geometry", "flip-only"],
 )
@@ -92,7 +92,7 @@ def test_image_and_mask_stay_aligned(augment, cfg):
 @AUGMENTERS
 def test_flip_is_exact_and_colour_jitter_leaves_the_mask_alone(augment):
     images, masks = batch(4)
-    cfg = AugmentConfig(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.5)
+    cfg = augment_config(rotation=0.0, translate=0.0, crop_scale=(1.0, 1.0), hflip=1.0, color_jitter=0.5)
     flipped_images, flipped_masks = augment(cfg, images, masks)
     assert torch.equal(flipped_masks, masks.flip(-1))
     assert torch.equal(pet_pixels_batch(flipped_images), masks[:, 0].flip(-1).bool())
@@ -102,7 +102,7 @@ def test_flip_is_exact_and_colour_jitter_leaves_the_mask_alone(augment):
 @AUGMENTERS
 def test_disabled_augmentation_is_only_normalisation(augment):
     images, masks = batch(4)
-    out_images, out_masks = augment(AugmentConfig(enabled=False), images, masks)
+    out_images, out_masks = augment(augment_config(enabled=False), images, masks)
     normalise = eval_transforms(MEAN, STD)
     pairs = [normalise(tv_tensors.Image(i), tv_tensors.Mask(m)) for i, m in zip(images, masks, strict=True)]
     torch.testing.assert_close(out_images, torch.stack([image for image, _ in pairs]), atol=1e-6, rtol=0)
@@ -112,7 +112,7 @@ def test_disabled_augmentation_is_only_normalisation(augment):
 
 def test_device_augment_draws_from_its_generator():
     images, masks = batch(8)
-    augment = DeviceAugment(AugmentConfig(), MEAN, STD)
+    augment = DeviceAugment(augment_config(), MEAN, STD)
     first = augment(images, masks, torch.Generator().manual_seed(3))
     again = augment(images, masks, torch.Generator().manual_seed(3))
     other = augment(images, masks, torch.Generator().manual_seed(4))
@@ -129,7 +129,7 @@ def test_device_crop_zooms_in_like_the_loader_crop():
     masks = torch.zeros(16, 1, 64, 64, dtype=torch.uint8)
     masks[:, :, 24:40, 24:40] = 1
     images = masks.repeat(1, 3, 1, 1) * 255
-    cfg = AugmentConfig(hflip=0.0, rotation=0.0, translate=0.0, crop_scale=(0.25, 0.5), color_jitter=0.0)
+    cfg = augment_config(hflip=0.0, rotation=0.0, translate=0.0, crop_scale=(0.25, 0.5), color_jitter=0.0)
     _, out_masks = on_device(cfg, images, masks)
     pet_fraction = (out_masks == 1).float().mean((1, 2, 3))
     assert torch.all(pet_fraction > masks.float().mean() * 1.5)  # area 1/16 seen through a crop of 1/4 .. 1/2

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from petseg import __version__
-from petseg.config import MODEL_NAMES, TrainCommonConfig, parse_params
+from petseg.config import MODEL_NAMES, Params, load_params
 from petseg.errors import PetsegError, exits_cleanly
 
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
     prep.add_argument("--size", type=_positive, default=256)
     prep.add_argument("--workers", type=_non_negative, default=0, help="decode processes; 0 = one per core")
+    prep.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
     train = which.add_parser("train", help="model-only vs whole-step training throughput, fraction of peak")
     train.add_argument("--model", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     train.add_argument("--size", nargs="+", type=_positive, default=[128, 256])
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment-on-device", action="store_true", help="augment batches on the device")
     train.add_argument("--workers", type=_non_negative, default=4, help="DataLoader workers (capped on CPU)")
     train.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
+    train.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
     infer = which.add_parser("infer", help="petseg predict vs the model alone")
     infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
     infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
@@ -75,50 +77,61 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--batch-size", type=_positive, default=8)
     baseline.add_argument("--steps", type=_positive, default=5)
     baseline.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
+    baseline.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
     return parser
 
 
-def train_settings(args: argparse.Namespace) -> TrainCommonConfig:
-    """The training settings a `bench train` run measures, validated as params.yaml's would be."""
+def train_settings(args: argparse.Namespace) -> Params:
+    """``--params`` with the training settings a `bench train` run measures, validated like any params.yaml."""
     import torch  # here, not at the top: `petseg --help` and predict's argument errors stay instant
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
-    common = {
-        "device": args.device,
-        "amp": False if args.amp == "off" else args.amp,
-        "channels_last": args.channels_last,
-        "compile": args.compile,
-        "threads": args.threads,
-        "num_workers": args.workers,
-        "augment": {"on_device": args.augment_on_device},
+    overrides = {
+        "train.common.device": args.device,
+        "train.common.amp": False if args.amp == "off" else args.amp,
+        "train.common.channels_last": args.channels_last,
+        "train.common.compile": args.compile,
+        "train.common.threads": args.threads,
+        "train.common.num_workers": args.workers,
+        "train.common.augment.on_device": args.augment_on_device,
     }
-    return parse_params({"train": {"common": common}}, "petseg bench train").train.common
+    return load_params(args.params, overrides)
 
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict":
-        from petseg.inference import Predictor
-        from petseg.predict import predict_paths
+        from petseg.evaluation.predict import predict_paths
+        from petseg.evaluation.predictor import Predictor
         from petseg.runtime import resolve_device
 
         predictor = Predictor(args.model, resolve_device(args.device))
         summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
-    from petseg import bench
-
     if args.bench == "prepare":
-        bench.bench_prepare(args.source, args.size, args.workers or os.cpu_count() or 1)
+        from petseg.bench.prepare import bench_prepare
+
+        workers = args.workers or os.cpu_count() or 1
+        overrides = {"prepare.image_size": args.size, "prepare.workers": workers}
+        bench_prepare(args.source, load_params(args.params, overrides))
     elif args.bench == "train":
-        common = train_settings(args)
+        from petseg.bench.train import bench_train
+
+        params = train_settings(args)
         for model_name in args.model:
             for size in args.size:
-                bench.bench_train(model_name, size, args.batch_size, args.steps, common)
+                bench_train(model_name, size, args.batch_size, args.steps, params)
     elif args.bench == "infer":
-        bench.bench_infer(args.model, args.images, args.batch_size)
+        from petseg.bench.infer import bench_infer
+
+        bench_infer(args.model, args.images, args.batch_size)
     else:
-        bench.bench_baseline(args.source, args.model, args.size, args.batch_size, args.steps, args.threads)
+        from petseg.bench.baseline import bench_baseline
+
+        overrides = {"prepare.image_size": args.size, "train.common.device": "cpu"}
+        overrides["train.common.threads"] = args.threads
+        bench_baseline(args.source, args.model, args.batch_size, args.steps, load_params(args.params, overrides))
     return 0

@@ -1,28 +1,40 @@
 """One typed, validated view of ``params.yaml``.
 
-Every stage calls :func:`load_params` before doing any work. A bad value stops the stage with a
-:class:`~petseg.errors.PetsegError` naming the dotted key and what is allowed.
+Every stage calls :func:`load_params` before doing any work. A bad or missing value stops the stage with a
+:class:`~petseg.errors.PetsegError` naming the dotted key and what is allowed. ``params.yaml`` is the only place a
+default lives: every key is required, and code outside a stage (tests, benchmarks) loads it with explicit overrides.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from petseg.errors import PetsegError
+from petseg.schema import ConfigError, build, set_dotted
 
 OFFICIAL_SOURCE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 MODEL_NAMES = ("unet", "res34")
 
+# Keys that change how fast a stage runs or what it is called, never what it computes: no DVC stage depends on them,
+# and a resume point stays valid when they change.
+RESULT_NEUTRAL = frozenset(
+    {
+        "prepare.workers",
+        "prepare.checksums",
+        "train.common.threads",
+        "train.common.num_workers",
+        "evaluate.batch_size",
+        "tracking.experiment",
+    }
+)
 
-class ConfigError(PetsegError):
-    pass
+
+def result_neutral(key: str) -> bool:
+    return any(key == neutral or key.startswith(neutral + ".") for neutral in RESULT_NEUTRAL)
 
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -32,14 +44,14 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    source: str = OFFICIAL_SOURCE
+    source: str
     # archive file name -> "md5:<hex>", "sha256:<hex>" or bare hex (length tells which)
-    checksums: dict[str, str] = field(default_factory=dict)
-    image_size: int = 256
-    boundary: Literal["pet", "background", "ignore"] = "pet"
-    valid_fraction: float = 0.1
-    seed: int = 42
-    workers: int = 0  # decode processes; 0 = one per CPU core
+    checksums: dict[str, str]
+    image_size: int
+    boundary: Literal["pet", "background", "ignore"]
+    valid_fraction: float
+    seed: int
+    workers: int  # decode processes; 0 = one per CPU core
 
     def validate(self, key: str) -> None:
         _check(bool(self.source.strip()), f"{key}.source", "a URL or a directory", self.source)
@@ -73,13 +85,13 @@ class PrepareConfig:
 class AugmentConfig:
     """Each augmentation is off at 0 (or crop_scale [1, 1])."""
 
-    enabled: bool = True
-    hflip: float = 0.5  # probability
-    rotation: float = 15.0  # max degrees
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # RandomResizedCrop area range
-    translate: float = 0.1  # max shift as a fraction of the size
-    color_jitter: float = 0.2  # brightness/contrast/saturation strength
-    on_device: bool = False  # augment whole batches on the training device (GPU) instead of in loader workers
+    enabled: bool
+    hflip: float  # probability
+    rotation: float  # max degrees
+    crop_scale: tuple[float, float]  # RandomResizedCrop area range
+    translate: float  # max shift as a fraction of the size
+    color_jitter: float  # brightness/contrast/saturation strength
+    on_device: bool  # augment whole batches on the training device (GPU) instead of in loader workers
 
     def validate(self, key: str) -> None:
         _check(0 <= self.hflip <= 1, f"{key}.hflip", "a probability in [0, 1]", self.hflip)
@@ -92,8 +104,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
+    bce_weight: float
+    dice_weight: float
 
     def validate(self, key: str) -> None:
         _check(self.bce_weight >= 0, f"{key}.bce_weight", ">= 0", self.bce_weight)
@@ -103,17 +115,17 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class TrainCommonConfig:
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal[False, "bf16", "fp16"] = False  # mixed precision on CUDA
-    channels_last: bool = False
-    compile: bool = False
-    threads: int = 0  # torch intra-op threads; 0 = one per core
-    num_workers: int = 2
-    nproc: int = 1  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
-    select_by: Literal["dice", "loss"] = "dice"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    amp: Literal[False, "bf16", "fp16"]  # mixed precision on CUDA
+    channels_last: bool
+    compile: bool
+    threads: int  # torch intra-op threads; 0 = one per core
+    num_workers: int
+    nproc: int  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
+    select_by: Literal["dice", "loss"]
+    augment: AugmentConfig
+    loss: LossConfig
 
     def validate(self, key: str) -> None:
         _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
@@ -125,13 +137,13 @@ class TrainCommonConfig:
 class ModelTrainConfig:
     """Optimisation settings shared in shape by every model section."""
 
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    plateau_patience: int = 3
-    plateau_factor: float = 0.5
-    early_stop_patience: int = 8  # epochs without improvement; 0 = never stop early
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    plateau_patience: int
+    plateau_factor: float
+    early_stop_patience: int  # epochs without improvement; 0 = never stop early
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", ">= 1", self.epochs)
@@ -150,8 +162,8 @@ class ModelTrainConfig:
 
 @dataclass(frozen=True)
 class UNetTrainConfig(ModelTrainConfig):
-    base_channels: int = 64
-    batch_norm: bool = False
+    base_channels: int
+    batch_norm: bool
 
     def validate(self, key: str) -> None:
         super().validate(key)
@@ -160,8 +172,8 @@ class UNetTrainConfig(ModelTrainConfig):
 
 @dataclass(frozen=True)
 class Res34TrainConfig(ModelTrainConfig):
-    pretrained: Literal[False, "imagenet"] = False
-    weights_path: str | None = None  # local torchvision ResNet34 weights file for offline 'imagenet'
+    pretrained: Literal[False, "imagenet"]
+    weights_path: str | None  # local torchvision ResNet34 weights file for offline 'imagenet'
 
     def validate(self, key: str) -> None:
         super().validate(key)
@@ -175,9 +187,9 @@ class Res34TrainConfig(ModelTrainConfig):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    common: TrainCommonConfig = field(default_factory=TrainCommonConfig)
-    unet: UNetTrainConfig = field(default_factory=UNetTrainConfig)
-    res34: Res34TrainConfig = field(default_factory=Res34TrainConfig)
+    common: TrainCommonConfig
+    unet: UNetTrainConfig
+    res34: Res34TrainConfig
 
     def validate(self, key: str) -> None:
         for name in MODEL_NAMES:
@@ -197,8 +209,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    threshold: float = 0.5
-    batch_size: int = 16
+    threshold: float
+    batch_size: int
 
     def validate(self, key: str) -> None:
         _check(0 < self.threshold < 1, f"{key}.threshold", "in (0, 1)", self.threshold)
@@ -207,8 +219,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class InferConfig:
-    limit: int = 0  # test images to write masks for; 0 = all
-    grid_rows: int = 4  # best and worst cases shown in each overlay grid
+    limit: int  # test images to write masks for; 0 = all
+    grid_rows: int  # best and worst cases shown in each overlay grid
 
     def validate(self, key: str) -> None:
         _check(self.limit >= 0, f"{key}.limit", ">= 0 (0 = all)", self.limit)
@@ -217,7 +229,7 @@ class InferConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    experiment: str = "petseg"
+    experiment: str
 
     def validate(self, key: str) -> None:
         _check(bool(self.experiment.strip()), f"{key}.experiment", "a non-empty name", self.experiment)
@@ -225,99 +237,27 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class Params:
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    infer: InferConfig = field(default_factory=InferConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(str(a).lower() if isinstance(a, bool) else repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {len(typing.get_args(tp))} numbers"
-    if origin is dict:
-        return "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}.get(
-        tp, str(tp)
-    )
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML value to ``tp``; strict (no bool-as-int, no str-as-number)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Literal:
-        for allowed in typing.get_args(tp):
-            if type(value) is type(allowed) and value == allowed:
-                return value
-    elif origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                continue
-    elif origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, list | tuple) and len(value) == len(args):
-            return tuple(_convert(v, a, key) for v, a in zip(value, args, strict=True))
-    elif origin is dict:
-        key_tp, value_tp = typing.get_args(tp)
-        if isinstance(value, dict):
-            return {_convert(k, key_tp, key): _convert(v, value_tp, _join(key, k)) for k, v in value.items()}
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif type(value) is tp:
-        return value
-    raise ConfigError(f"{key}: must be {_type_name(tp)} (got {value!r})")
-
-
-def _join(key: str, name: str) -> str:
-    return f"{key}.{name}" if key else str(name)
-
-
-def _build(cls: type, raw: Any, key: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: must be a mapping (got {raw!r})")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for name in raw:
-        if name not in names:
-            where = f"under {key}" if key else "at the top level"
-            raise ConfigError(f"{_join(key, name)}: unknown key (allowed {where}: {', '.join(names)})")
-    values = {name: _convert(raw[name], hints[name], _join(key, name)) for name in names if name in raw}
-    obj = cls(**values)
-    if hasattr(obj, "validate"):
-        obj.validate(key)
-    return obj
+    prepare: PrepareConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    infer: InferConfig
+    tracking: TrackingConfig
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{source}: empty (every section is required: prepare, train, evaluate, infer, tracking)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping of sections (got {type(raw).__name__})")
     try:
-        return _build(Params, raw, "")
+        return build(Params, raw)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate ``params.yaml``; raises :class:`ConfigError` with the offending key."""
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate ``params.yaml`` with ``overrides`` ({"dotted.key": value}) applied; raises
+    :class:`ConfigError` with the offending key."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -329,17 +269,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value)
     return parse_params(raw, str(path))
-
-
-def to_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys -> values, e.g. for MLflow params."""
-    out: dict[str, Any] = {}
-    items = dataclasses.asdict(obj).items() if dataclasses.is_dataclass(obj) else obj.items()
-    for name, value in items:
-        dotted = f"{prefix}{name}"
-        if isinstance(value, dict) and value:
-            out.update(to_flat_dict(value, dotted + "."))
-        else:
-            out[dotted] = list(value) if isinstance(value, tuple) else value
-    return out

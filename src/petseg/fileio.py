@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from petseg.errors import PetsegError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -76,8 +80,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 def ensure_writable(directory: str | Path, need_bytes: int = 0) -> None:
     """Fail early (before long work) when ``directory`` cannot be written or lacks space."""
-    from petseg.errors import PetsegError
-
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -90,3 +92,25 @@ def ensure_writable(directory: str | Path, need_bytes: int = 0) -> None:
         raise PetsegError(
             f"{directory}: only {free / 1e9:.2f} GB free, about {need_bytes / 1e9:.2f} GB needed; free some space"
         )
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` for the block; a second holder is refused with one line naming the first.
+
+    The kernel drops the lock when its process dies, so a killed run never leaves a stale lock behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise PetsegError(f"{what} is already running ({holder}); wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

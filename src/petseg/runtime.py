@@ -1,7 +1,8 @@
-"""Seeds, threads and device selection."""
+"""Seeds, threads, device selection and mixed precision: what training and inference both set up."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -51,3 +52,11 @@ def loader_workers(requested: int, device: torch.device) -> int:
         return requested
     spare = len(os.sched_getaffinity(0)) - torch.get_num_threads() * _processes_on_this_machine()
     return max(0, min(requested, spare))
+
+
+def autocast_context(device: torch.device, amp: str | bool):
+    """Mixed precision per ``train.common.amp`` (false | bf16 | fp16); a no-op when off."""
+    if not amp:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,8 +1,7 @@
-"""Datasets over the prepared uint8 arrays (memory-mapped: no JPEG is decoded during training)."""
+"""The Dataset over the prepared uint8 arrays (memory-mapped: no JPEG is decoded during training)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +9,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from petseg.data.layout import images_path, list_path, masks_path, read_split_csv
 from petseg.errors import PetsegError
-from petseg.prepare import read_split_csv
-
-
-def read_meta(prepared_dir: Path) -> dict:
-    path = prepared_dir / "meta.json"
-    if not path.is_file():
-        raise PetsegError(f"{path}: missing; run the prepare stage first (dvc repro prepare)")
-    return json.loads(path.read_text())
 
 
 class PreparedSplit(Dataset):
@@ -26,11 +18,11 @@ class PreparedSplit(Dataset):
 
     def __init__(self, prepared_dir: Path, split: str, transform=None):
         try:
-            self.images = np.load(prepared_dir / f"{split}_images.npy", mmap_mode="r")
-            self.masks = np.load(prepared_dir / f"{split}_masks.npy", mmap_mode="r")
+            self.images = np.load(images_path(prepared_dir, split), mmap_mode="r")
+            self.masks = np.load(masks_path(prepared_dir, split), mmap_mode="r")
         except (OSError, ValueError) as err:
             raise PetsegError(f"{prepared_dir}: cannot read the {split} split ({err}); rerun prepare") from None
-        self.rows = read_split_csv(prepared_dir / f"{split}.csv")
+        self.rows = read_split_csv(list_path(prepared_dir, split))
         if not len(self.images) == len(self.masks) == len(self.rows):
             raise PetsegError(f"{prepared_dir}: {split} arrays and list disagree in length; rerun prepare")
         self.transform = transform

@@ -1,6 +1,6 @@
 """Augmentation of whole batches on the training device, for when loader workers cannot keep up with a GPU.
 
-The same random ops as the loader preset (:mod:`petseg.transforms`), drawn per sample. Crop, flip,
+The same random ops as the loader preset (:mod:`petseg.data.transforms`), drawn per sample. Crop, flip,
 rotation and translation compose into one affine map per sample, and image and mask are sampled
 through the same grid: they cannot drift apart, and the image is interpolated once instead of three
 times. Colour jitter touches the image only. The loader then ships uint8 tensors, a quarter of the
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from petseg.config import AugmentConfig
-from petseg.prepare import IGNORE
-from petseg.transforms import train_transforms
+from petseg.data.layout import IGNORE
+from petseg.data.transforms import train_transforms
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _ASPECT = (math.log(3 / 4), math.log(4 / 3))  # RandomResizedCrop's default aspect-ratio range

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from petseg.data.photos import load_rgb
+from petseg.evaluation.predictor import PRED_COLOR, Predictor, mask_at_size, overlay
 from petseg.fileio import atomic_file, ensure_writable
-from petseg.inference import PRED_COLOR, Predictor, load_rgb, mask_at_size, overlay
 from petseg.progress import progress
 
 

@@ -7,28 +7,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision import tv_tensors
 
-from petseg.checkpoint import load_checkpoint
-from petseg.metrics import confusion_counts, per_image_scores
-from petseg.models import model_from_weights
-from petseg.prepare import resize_photo
+from petseg.data.layout import IGNORE, sample_file
+from petseg.data.transforms import eval_transforms
+from petseg.evaluation.metrics import confusion_counts, per_image_scores
+from petseg.models.checkpoint import load_trained_model
 from petseg.progress import progress
-from petseg.transforms import eval_transforms
 
 
 class Predictor:
     """A checkpoint ready for inference at its training size."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu"):
-        ckpt = load_checkpoint(checkpoint)
-        self.name = ckpt["model"]["name"]
-        self.image_size = int(ckpt["image_size"])
+        trained = load_trained_model(checkpoint)
+        self.name, self.image_size, self.mean, self.std = trained.name, trained.image_size, trained.mean, trained.std
         self.device = torch.device(device)
-        self.model = model_from_weights(self.name, ckpt["model"]["params"], ckpt["state_dict"]).to(self.device)
-        norm = ckpt["normalization"]
-        self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
+        self.model = trained.model.to(self.device)
         self.transform = eval_transforms(self.mean, self.std)
 
     @torch.no_grad()
@@ -37,13 +33,6 @@ class Predictor:
         batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
         batch = self.transform(tv_tensors.Image(batch)).as_subclass(torch.Tensor).to(self.device)
         return torch.sigmoid(self.model(batch).float())[:, 0].cpu()
-
-
-def load_rgb(path: Path, size: int) -> tuple[np.ndarray, Image.Image]:
-    """Decode any image by content, apply EXIF orientation, return (uint8 SxSx3, original RGB image)."""
-    with Image.open(path) as img:
-        original = ImageOps.exif_transpose(img).convert("RGB")
-    return resize_photo(original, size), original
 
 
 def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: float) -> np.ndarray:
@@ -70,12 +59,12 @@ def write_split_masks(
     for start in progress(range(0, count, batch_size), desc=f"infer {predictor.name}", unit=" batch"):
         stop = min(start + batch_size, count)
         probs = predictor.probabilities(dataset.images[start:stop])
-        counts = confusion_counts(probs > threshold, torch.from_numpy(np.array(dataset.masks[start:stop])))
+        counts = confusion_counts(probs > threshold, torch.from_numpy(np.array(dataset.masks[start:stop])), IGNORE)
         dice[start:stop] = per_image_scores(counts)["dice"].numpy()
         for i, prob in zip(range(start, stop), probs, strict=True):
             row = dataset.rows[i]
             mask = mask_at_size(prob, int(row["width"]), int(row["height"]), threshold)
-            Image.fromarray(mask).save(out_dir / f"{row['name']}.png")
+            Image.fromarray(mask).save(sample_file(out_dir, row["name"], ".png"))
     return dice
 
 

@@ -8,10 +8,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from petseg.data import PreparedSplit
-from petseg.engine import evaluate_loader
-from petseg.inference import Predictor
-from petseg.metrics import per_image_scores, summarize
+from petseg.data.dataset import PreparedSplit
+from petseg.evaluation.loop import evaluate_loader
+from petseg.evaluation.metrics import per_image_scores, summarize
+from petseg.evaluation.predictor import Predictor
 
 HEADLINE = (
     "dice_per_image",

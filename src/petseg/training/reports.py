@@ -6,9 +6,9 @@ import csv
 import io
 from pathlib import Path
 
-from petseg.engine import HISTORY_FIELDS, TrainState
 from petseg.fileio import write_json, write_text
 from petseg.plots import plot_curves
+from petseg.training.state import HISTORY_FIELDS, TrainState
 
 # Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
 TIMING_FIELDS = ("epoch_seconds", "images_per_second")

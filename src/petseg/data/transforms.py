@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from petseg.config import AugmentConfig
-from petseg.prepare import IGNORE
+from petseg.data.layout import IGNORE
 
 # Pixels that rotation/translation bring in from outside have no label: ignore them in loss and metrics.
 FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}

@@ -1,4 +1,4 @@
-"""Segmentation metrics from per-image confusion counts, ignore pixels (255) excluded.
+"""Segmentation metrics from per-image confusion counts, pixels labelled ``ignore_index`` excluded.
 
 Rule for empty cases: any ratio whose denominator is 0 is 1.0 — nothing there to get wrong. So an
 image whose mask and prediction are both empty scores Dice = IoU = 1.0, and precision is 1.0 when
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from petseg.prepare import IGNORE
-
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
 
 
-def confusion_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image (tp, fp, fn, tn) as int64 of shape (N, 4); ``pred`` bool, ``target`` 0/1/255."""
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """Per-image (tp, fp, fn, tn) as int64 of shape (N, 4); ``pred`` bool, ``target`` 0/1 or ``ignore_index``."""
     pred = pred.reshape(pred.shape[0], -1).bool()
     target = target.reshape(target.shape[0], -1)
-    valid = target != IGNORE
+    valid = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     truth = (target == 1) & valid
     pred = pred & valid
     tp = (pred & truth).sum(1)

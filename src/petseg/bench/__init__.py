@@ -1,0 +1,68 @@
+"""Benchmarks that print ratios measured side by side in one run (never asserted in timed tests).
+
+Developer tooling, outside the runtime path: one module per benchmark, each measuring the library's own code
+(the prepare path, the Trainer, the Predictor) against a plain yardstick.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from petseg.data.download import ARCHIVES, file_digests
+from petseg.data.extract import extract_archive
+from petseg.errors import PetsegError
+from petseg.fileio import write_json
+
+BENCH_DIR = Path("reports/bench")
+
+
+def report(name: str, rows: list[tuple[str, float, str]], result: dict) -> dict:
+    """Print a table and one JSON line; save the JSON under reports/bench/."""
+    width = max(len(label) for label, _, _ in rows)
+    print(f"petseg bench {name}")
+    for label, value, unit in rows:
+        print(f"  {label:<{width}}  {value:>10.3f} {unit}")
+    print(json.dumps({"bench": name, **result}, sort_keys=True))
+    write_json(BENCH_DIR / f"{name}.json", {"bench": name, **result})
+    return result
+
+
+def report_ratio(
+    name: str, ours: tuple[str, str, float], theirs: tuple[str, str, float], target: str, details: dict
+) -> dict:
+    """Two throughputs measured in one run and their ratio (ours / theirs)."""
+    (our_label, our_key, our_rate), (their_label, their_key, their_rate) = ours, theirs
+    ratio = our_rate / their_rate
+    result = details | {our_key: round(our_rate, 3), their_key: round(their_rate, 3), "ratio": round(ratio, 3)}
+    rows = [(their_label, their_rate, "img/s"), (our_label, our_rate, "img/s"), (f"ratio{target}", ratio, "x")]
+    return report(name, rows, result)
+
+
+def timed(fn: Callable[[], int]) -> float:
+    """Items per second of ``fn`` (which returns how many items it processed)."""
+    start = time.perf_counter()
+    items = fn()
+    return items / (time.perf_counter() - start)
+
+
+def best_interleaved(first: Callable[[], int], second: Callable[[], int], rounds: int) -> tuple[float, float]:
+    """Items/s of two workloads, the best of ``rounds`` runs each, taken in the order ABBA AB...: on a noisy machine
+    one run each can differ by 20 %, and alternating keeps slow drift from favouring either side."""
+    rates: tuple[list[float], list[float]] = ([], [])
+    for round_ in range(rounds):
+        for which in (0, 1) if round_ % 2 == 0 else (1, 0):
+            rates[which].append(timed((first, second)[which]))
+    return max(rates[0]), max(rates[1])
+
+
+def extracted_archives(source: Path, work: Path) -> tuple[Path, Path]:
+    trees = {}
+    for archive in ARCHIVES:
+        path = source / archive
+        if not path.is_file():
+            raise PetsegError(f"--source: {path} not found (a directory holding {' and '.join(ARCHIVES)})")
+        trees[archive] = extract_archive(path, work / archive.removesuffix(".tar.gz"), file_digests(path)["sha256"])
+    return trees["images.tar.gz"] / "images", trees["annotations.tar.gz"] / "annotations"

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, scoring a prepared split, the Predictor, and `petseg predict`."""

@@ -1,0 +1,46 @@
+"""What a training run is and has done: its state, its files, and the fingerprint that makes a resume safe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from petseg.config import Params, result_neutral
+
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_second")
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # last completed epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    epochs_without_improvement: int = 0
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    best: Path  # models/<model>.pt
+    last: Path  # models/<model>.last.pt
+
+
+def run_fingerprint(name: str, params: Params, meta: dict) -> str:
+    """What a resumable run depends on; a different fingerprint means start over."""
+    relevant = {
+        "model": name,
+        "config": asdict(params.train.model(name)),
+        "common": {k: v for k, v in asdict(params.train.common).items() if not result_neutral(f"train.common.{k}")},
+        "data": meta,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
