@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from petseg.config import MODEL_NAMES, load_params
+from petseg.data.dataset import PreparedSplit
 from petseg.errors import exits_cleanly
 from petseg.evaluation.predictor import Predictor
 from petseg.evaluation.scoring import HEADLINE, breed_table, model_metrics, per_image_dice, score_split
@@ -22,6 +23,7 @@ OUTPUTS = [OUT_DIR / name for name in ("metrics.json", "per_breed.csv", "compari
 def main() -> None:
     params = load_params()
     cfg = params.evaluate
+    PreparedSplit(PREPARED_DIR, "test").require_samples("evaluate")
     ensure_writable(OUT_DIR)
     device = resolve_device("auto")
     predictors = {name: Predictor(checkpoint_path(name), device) for name in MODEL_NAMES}

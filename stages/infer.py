@@ -21,8 +21,8 @@ OUT_DIR = REPORTS_DIR / "infer"
 def main() -> None:
     params = load_params()
     cfg, threshold, batch_size = params.infer, params.evaluate.threshold, params.evaluate.batch_size
+    test = PreparedSplit(PREPARED_DIR, "test").require_samples("infer")
     ensure_writable(OUT_DIR)
-    test = PreparedSplit(PREPARED_DIR, "test")
     count = min(cfg.limit or len(test), len(test))
     device = resolve_device("auto")
     for name in MODEL_NAMES:

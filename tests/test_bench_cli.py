@@ -27,6 +27,7 @@ def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch
     assert json.loads(out.strip().splitlines()[-1]) == result
 
 
+@pytest.mark.slow
 def test_bench_train_reports_ratio_and_efficiency(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["bench", "train", "--model", "res34", "--size", "32", "64", "--batch-size", "2", "--steps", "2", *PARAMS]
@@ -44,6 +45,7 @@ def test_bench_train_reports_ratio_and_efficiency(tmp_path, monkeypatch, capsys)
     assert out.count("fraction of peak (target >= 0.75 on CPU)") == 2
 
 
+@pytest.mark.slow
 def test_bench_train_measures_the_gpu_options_too(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["bench", "train", "--model", "unet", "--size", "32", "--batch-size", "2", "--steps", "1", *PARAMS]

@@ -23,6 +23,7 @@ def train_with(project, nproc: int) -> dict:
     return json.loads((project / "reports" / "train" / "unet" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(project, tmp_path):
     single = tmp_path / "single"
     shutil.copytree(project, single)

@@ -101,6 +101,60 @@ def test_evaluate_refuses_a_foreign_or_code_carrying_checkpoint(trained, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def _hostile_checkpoints(trained, folder):
+    """Files a user might hand over as a model, each with the one line petseg must answer."""
+    good = load_checkpoint(trained / "models" / "unet.pt")
+    res34 = load_checkpoint(trained / "models" / "res34.pt")
+    cases = {
+        "text.pt": (b"just some text\n", "not a checkpoint at all"),
+        "empty.pt": (b"", "not a checkpoint at all"),
+        "header.pt": ((trained / "models" / "unet.pt").read_bytes()[:64], "not a readable checkpoint"),
+    }
+    for name, data in cases.items():
+        (folder / name).write_bytes(data[0])
+    nan_weights = {k: v.clone() for k, v in good["state_dict"].items()}
+    next(v for v in nan_weights.values() if v.is_floating_point()).view(-1)[0] = float("nan")
+    payloads = {
+        "nan.pt": ({"state_dict": nan_weights}, "refused: 1 of "),
+        "other-model.pt": ({"state_dict": res34["state_dict"]}, "weights do not fit a unet model"),
+        "other-width.pt": ({"model": {"name": "unet", "params": {"base_channels": 8, "batch_norm": False}}}, "fit"),
+        "huge-width.pt": ({"model": {"name": "unet", "params": {"base_channels": 10**6, "batch_norm": False}}}, "fit"),
+        "absurd-size.pt": ({"image_size": 131072}, "image_size 131072 is not a model input size"),
+        "resume-point.pt": ({"model": None}, "not a model checkpoint"),
+    }
+    for name, (change, message) in payloads.items():
+        save_checkpoint(folder / name, {k: v for k, v in good.items() if k not in ("format", "version")} | change)
+        cases[name] = (b"", message)
+    return {name: message for name, (_, message) in cases.items()}
+
+
+def test_every_bad_checkpoint_is_one_line_before_any_work(trained, tmp_path, capsys):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name, message in _hostile_checkpoints(trained, folder).items():
+        assert predict(folder / name, tmp_path / "out", trained / "data") == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"petseg: error: {folder / name}: ") and message in err, (name, err)
+        assert len(err.strip().splitlines()) == 1 and "weights_only=False" not in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_evaluate_and_infer_refuse_non_finite_weights(trained, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    ckpt = load_checkpoint(project / "models" / "res34.pt")
+    ckpt["state_dict"] = {
+        k: v.float() * float("inf") if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
+    }
+    save_checkpoint(project / "models" / "res34.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    for stage in ("evaluate", "infer"):
+        result = run_stage(stage, project, env=NO_MLFLOW)
+        assert result.returncode == 2
+        assert (
+            result.stderr.startswith("petseg: error: models/res34.pt: refused: ") and "NaN or infinite" in result.stderr
+        )
+
+
 def test_checkpoint_round_trip_and_missing_file(tmp_path):
     save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(2)}})
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["state_dict"]["w"], torch.ones(2))

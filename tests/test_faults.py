@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -9,19 +10,23 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
+import torch
 from helpers import REPO, prepare_config, run_stage, write_params
 
 from petseg import fileio
 from petseg.data.cache import prepare_dataset
-from petseg.errors import PetsegError
-from petseg.fileio import atomic_file, write_json
+from petseg.errors import PetsegError, exits_cleanly
+from petseg.fileio import atomic_dir, atomic_file, write_json
+from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 LONGER = {"train": {"unet": {"epochs": 5, "base_channels": 16}}}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_resumes_to_identical_metrics(project, tmp_path):
     write_params(project, LONGER)
     reference = tmp_path / "reference"
@@ -95,4 +100,89 @@ def test_missing_prepared_data_says_what_to_run(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "petseg: error: data/prepared/meta.json: missing; run the prepare stage first (dvc repro prepare)"
+    )
+
+
+def test_a_file_where_the_old_folder_goes_does_not_break_the_swap(tmp_path):
+    target = tmp_path / "prepared"
+    target.mkdir()
+    (tmp_path / ".prepared.old").write_text("left here by someone")
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+def test_temp_folders_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".prepared.{dead.stdout.strip()}.abc.tmp"
+    stale.mkdir()
+    (stale / "half.npy").write_bytes(b"x" * 10)
+    mine = tmp_path / f".prepared.{os.getpid()}.xyz.tmp"  # a live run's: untouched
+    mine.mkdir()
+    with atomic_dir(tmp_path / "prepared") as tmp:
+        (tmp / "a").write_text("a")
+    assert not stale.exists() and mine.exists()
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from petseg.data.cache import _worker_init
+pool = ProcessPoolExecutor(2, initializer=_worker_init)
+futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+time.sleep(2)
+open(sys.argv[1], "w").write(" ".join(str(pid) for pid in pool._processes))
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_pool_workers_die_with_a_killed_parent(tmp_path):
+    # No pipes: an orphaned worker would hold one open and make this wait for it.
+    pids = tmp_path / "pids"
+    result = subprocess.run([sys.executable, "-c", WORKER_SCRIPT, str(pids)], stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == -9
+    workers = [int(pid) for pid in pids.read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "zombie" not in status.read_text()
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "unet.last.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/3")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(
+        PetsegError, match=r"unet.last.pt: could not be written: .* \(is the disk full\?\); the previous"
+    ):
+        save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["unet.last.pt"]
+
+
+def test_no_space_left_anywhere_is_one_line(capsys):
+    @exits_cleanly
+    def stage():
+        raise OSError(errno.ENOSPC, "No space left on device", "data/raw/.images.123.tmp/images/x.jpg")
+
+    assert stage() == 2
+    assert capsys.readouterr().err == (
+        "petseg: error: no space left on the device writing data/raw/.images.123.tmp/images/x.jpg; "
+        "free some space and rerun\n"
     )

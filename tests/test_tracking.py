@@ -42,6 +42,7 @@ def assert_training_run_logged(uri: str, name: str = "unet") -> None:
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
 
 
+@pytest.mark.slow
 def test_default_sqlite_store_gets_params_metrics_artifacts_and_model(project):
     result = run_stage("train", project, "--model", "unet")
     assert result.returncode == 0, result.stderr
@@ -89,6 +90,7 @@ def mlflow_server(tmp_path):
         server.kill()
 
 
+@pytest.mark.slow
 def test_real_tracking_server(project, mlflow_server):
     url, _ = mlflow_server
     result = run_stage("train", project, "--model", "unet", env={"MLFLOW_TRACKING_URI": url})
@@ -98,6 +100,7 @@ def test_real_tracking_server(project, mlflow_server):
     assert_training_run_logged(url)
 
 
+@pytest.mark.slow
 def test_unreachable_server_warns_and_training_completes(project):
     url = f"http://127.0.0.1:{free_port()}"
     result = run_stage("train", project, "--model", "unet", env={"MLFLOW_TRACKING_URI": url})
@@ -108,6 +111,7 @@ def test_unreachable_server_warns_and_training_completes(project):
     assert (project / "reports" / "train" / "unet" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_server_stopping_mid_run_warns_once_and_carries_on(tmp_path, mlflow_server, monkeypatch, capsys):
     url, server = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)

@@ -12,7 +12,7 @@ from petseg.data.device_augment import DeviceAugment
 from petseg.errors import PetsegError
 from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
-from petseg.models.checkpoint import load_checkpoint
+from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.reports import TIMING_FIELDS, write_training_reports
 from petseg.training.trainer import Trainer, TrainPaths
@@ -128,6 +128,44 @@ def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(project, monk
     last = load_checkpoint(project / "models" / "unet.last.pt")
     assert last["train_state"]["epoch"] == 1 and len(last["train_state"]["history"]) == 1
     assert not (project / "models" / "unet.pt").exists()  # no half-finished run posing as a result
+
+
+@pytest.mark.parametrize(
+    ("bad_epoch", "kept"),
+    [(2, r"Last good checkpoint kept: \S+unet.last.pt \(epoch 1\)"), (1, "No checkpoint of this run was written")],
+)
+def test_non_finite_weights_stop_training_and_are_never_saved(project, monkeypatch, bad_epoch, kept):
+    real_epoch = Trainer.train_one_epoch
+
+    def diverging(self, loader, epoch=0, augment=None, check_every=0):
+        result = real_epoch(self, loader, epoch, augment, check_every)
+        if epoch == bad_epoch:  # the loss was finite, but the step left an infinite weight behind
+            with torch.no_grad():
+                next(self.model.parameters()).view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", diverging)
+    with pytest.raises(PetsegError) as err:
+        run_training(project)
+    assert re.fullmatch(
+        rf"train_unet: 1 of \d+ weights became NaN or infinite at epoch {bad_epoch}; lower train.unet.lr or check "
+        rf"the data. {kept}",
+        str(err.value),
+    )
+    assert not (project / "models" / "unet.pt").exists()
+    last = project / "models" / "unet.last.pt"
+    assert last.exists() == (bad_epoch == 2)
+    if last.exists():
+        assert non_finite_count(load_checkpoint(last)["state_dict"])[0] == 0
+
+
+def test_a_non_finite_validation_loss_stops_training(project, monkeypatch):
+    monkeypatch.setattr(
+        Trainer, "validate", lambda self, loader: {"val_loss": float("nan"), "val_dice": 0.0, "val_iou": 0.0}
+    )
+    with pytest.raises(PetsegError, match=r"^train_unet: validation loss became nan at epoch 1; .* was written$"):
+        run_training(project)
+    assert not (project / "models" / "unet.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -24,6 +25,12 @@ def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
             return main(*args, **kwargs) or 0
         except PetsegError as err:
             print(f"petseg: error: {err}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = f" writing {err.filename}" if err.filename else ""
+            print(f"petseg: error: no space left on the device{where}; free some space and rerun", file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("petseg: interrupted", file=sys.stderr)

@@ -1,12 +1,15 @@
-"""Atomic writes: a crash never leaves a half-written checkpoint, metrics file or dataset."""
+"""Crash-safe files and processes: atomic writes, stale temp clean-up, locks, workers that die with their parent."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -14,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from petseg.errors import PetsegError
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -24,12 +29,39 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _temp_prefix(path: Path) -> str:
+    """Temp siblings are named ``.<name>.<pid>.*.tmp``; those of a process that died (kill -9) are removed."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(stale)
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o644)  # mkstemp's 0600 would make outputs private
     try:
         with os.fdopen(fd, mode) as handle:
@@ -60,19 +92,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory in a temp sibling; on success swap it into place, else remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would make the finished tree private
     try:
         yield tmp
-        old = None
+        old = path.with_name(f".{path.name}.old")
+        _remove(old)  # a file or folder left there by anyone would make the swap below fail
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -114,3 +144,10 @@ def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, so a killed stage leaves no orphaned workers."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

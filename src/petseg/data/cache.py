@@ -27,12 +27,13 @@ from petseg.data.layout import (
 )
 from petseg.data.lists import ListEntry, build_splits
 from petseg.data.photos import SampleError, load_sample
-from petseg.fileio import atomic_dir, ensure_writable
+from petseg.fileio import atomic_dir, die_with_parent, ensure_writable
 from petseg.progress import progress
 
 
-def _one_thread_per_worker() -> None:
-    """The pool already uses every core; torch's own threads in each worker would only contend."""
+def _worker_init() -> None:
+    """Workers die with the stage (kill -9 included) and run torch on one thread: the pool already uses every core."""
+    die_with_parent()
     torch.set_num_threads(1)
 
 
@@ -101,7 +102,7 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
         "species": {},
         "foreground_fraction": {},
     }
-    with atomic_dir(out_dir) as tmp, ProcessPoolExecutor(workers, initializer=_one_thread_per_worker) as pool:
+    with atomic_dir(out_dir) as tmp, ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
         jobs, arrays = [], {}
         for split, entries in splits.items():
             images = RowFile.create(images_path(tmp, split), len(entries), (size, size, 3))

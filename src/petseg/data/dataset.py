@@ -26,6 +26,15 @@ class PreparedSplit(Dataset):
         if not len(self.images) == len(self.masks) == len(self.rows):
             raise PetsegError(f"{prepared_dir}: {split} arrays and list disagree in length; rerun prepare")
         self.transform = transform
+        self.where, self.split = prepared_dir, split
+
+    def require_samples(self, purpose: str) -> PreparedSplit:
+        """Refuse an empty split before any output is touched."""
+        if not self.rows:
+            raise PetsegError(
+                f"{self.where}: the {self.split} split is empty, nothing to {purpose} (see reports/prepare.json)"
+            )
+        return self
 
     def __len__(self) -> int:
         return len(self.rows)

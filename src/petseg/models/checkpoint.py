@@ -16,15 +16,42 @@ import torch
 
 from petseg.errors import PetsegError
 from petseg.fileio import atomic_file
-from petseg.models import model_from_weights, normalization
+from petseg.models import build_model, model_from_weights, normalization
 
 FORMAT = "petseg-checkpoint"
 VERSION = 1
 
 
+MAX_IMAGE_SIZE = 4096  # a model's input side; a larger one in a checkpoint is corrupt or hostile (memory)
+
+
+def non_finite_count(state_dict: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(non-finite values, all values) over the floating-point tensors of ``state_dict``."""
+    bad = total = 0
+    for tensor in state_dict.values():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad += int((~torch.isfinite(tensor)).sum())
+            total += tensor.numel()
+    return bad, total
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_file(path, "wb") as handle:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+    """Write atomically: on any failure (a full disk, say) the previous file at ``path`` stays as it was."""
+    try:
+        with atomic_file(path, "wb") as handle:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as a RuntimeError
+        reason = first_line(err)
+        if "disk" not in reason.lower() and "space" not in reason.lower():
+            reason += " (is the disk full?)"
+        raise PetsegError(f"{path}: could not be written: {reason}; the previous version is kept") from None
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line without torch's advice to load untrusted files with weights_only=False."""
+    text = str(err).split("Re-running `torch.load` with", 1)[0].split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:200]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -32,23 +59,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise PetsegError(f"{path}: checkpoint not found")
+    if not _is_torch_file(path):
+        raise PetsegError(f"{path}: not a checkpoint at all (neither a torch zip nor a torch pickle)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's advice to retry with weights_only=False is not for us
             data = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        detail = str(err).split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
-        detail = " ".join(detail.split()) or "unsupported pickle content"
+        if not _is_torch_file(path):
+            raise PetsegError(
+                f"{path}: not a checkpoint at all (neither a torch zip file nor a torch pickle)"
+            ) from None
+        detail = " ".join(first_line(err).split("Check the documentation", 1)[0].split())
         raise PetsegError(
-            f"{path}: refused: not a plain-tensor checkpoint, it holds pickled objects or code ({detail[:200]})"
+            f"{path}: refused: not a plain-tensor checkpoint, it holds pickled objects or code ({detail})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise PetsegError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:200]})") from None
+    except Exception as err:  # a truncated zip, an empty file, a header only: torch raises many kinds
+        raise PetsegError(f"{path}: not a readable checkpoint ({first_line(err)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PetsegError(f"{path}: not a petseg checkpoint (train one with `dvc repro` or `python -m stages.train`)")
     if data.get("version") != VERSION:
         raise PetsegError(f"{path}: checkpoint version {data.get('version')} not supported (expected {VERSION})")
     return data
+
+
+def _is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive (or, long ago, a pickle starting with protocol byte 0x80)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def model_payload(name: str, model_params: dict, image_size: int, state_dict: dict) -> dict[str, Any]:
@@ -72,13 +111,40 @@ class TrainedModel:
 
 
 def load_trained_model(path: str | Path) -> TrainedModel:
-    """A model checkpoint rebuilt as an eval-mode model on the CPU."""
+    """A model checkpoint, validated (format, model, shapes, finite weights, a sane image size), rebuilt as an
+    eval-mode model on the CPU. Anything wrong is one line naming the file."""
     ckpt = load_checkpoint(path)
     try:
-        name, params = ckpt["model"]["name"], ckpt["model"]["params"]
+        name, params = str(ckpt["model"]["name"]), dict(ckpt["model"]["params"])
         norm = ckpt["normalization"]
         image_size, mean, std = int(ckpt["image_size"]), tuple(norm["mean"]), tuple(norm["std"])
-        state_dict = ckpt["state_dict"]
+        state_dict = dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError):
         raise PetsegError(f"{path}: not a model checkpoint (a resume point? use models/<model>.pt)") from None
+    if not 32 <= image_size <= MAX_IMAGE_SIZE or image_size % 32:
+        raise PetsegError(f"{path}: image_size {image_size} is not a model input size (32..{MAX_IMAGE_SIZE}, /32)")
+    if len(mean) != 3 or len(std) != 3 or not all(0 < value < 10 for value in std):
+        raise PetsegError(f"{path}: normalization {norm} is not three means and three positive stds")
+    bad, total = non_finite_count(state_dict)
+    if bad:
+        raise PetsegError(f"{path}: refused: {bad} of {total} weights are NaN or infinite (training diverged)")
+    _check_shapes(path, name, params, state_dict)
     return TrainedModel(name, image_size, mean, std, model_from_weights(name, params, state_dict))
+
+
+def _check_shapes(path: str | Path, name: str, params: dict, state_dict: dict) -> None:
+    """The weights against the model their params describe, built on the meta device: no memory is allocated,
+    so absurd params (a width of a million) cannot exhaust it."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(name, **{k: v for k, v in params.items() if k not in ("pretrained", "weights_path")})
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise PetsegError(f"{path}: model params {params} do not build a {name} ({first_line(err)})") from None
+    expected = {key: tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    got = {key: tuple(value.shape) for key, value in state_dict.items() if isinstance(value, torch.Tensor)}
+    if got != expected:
+        key = next(k for k in sorted(expected.keys() | got.keys()) if expected.get(k) != got.get(k))
+        raise PetsegError(
+            f"{path}: weights do not fit a {name} model with {params} "
+            f"({key}: {got.get(key, 'missing')} in the file, {expected.get(key, 'not in the model')} expected)"
+        )

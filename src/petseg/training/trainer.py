@@ -28,7 +28,7 @@ from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import summarize
 from petseg.models import build_model, model_from_weights, normalization
-from petseg.models.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_count, save_checkpoint
 from petseg.progress import progress
 from petseg.runtime import (
     autocast_context,
@@ -84,6 +84,7 @@ class Trainer:
         self.batch_size = per_process_batch(self.cfg.batch_size, self.context, f"train.{name}.batch_size")
         self.workers = loader_workers(self.common.num_workers, self.device)
         self.image_size = 0  # known once fit() reads the prepared data
+        self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
 
     def say(self, message: str) -> None:
         if self.context.is_main:
@@ -158,6 +159,22 @@ class Trainer:
         else:
             self.state.epochs_without_improvement += 1
 
+    def _stop_if_diverged(self, row: dict[str, float], paths: TrainPaths) -> None:
+        """Never carry on from (or save) non-finite weights or a non-finite validation loss."""
+        bad, total = non_finite_count(self.model.state_dict())
+        if bad:
+            raise self._diverged(f"{bad} of {total} weights became NaN or infinite at epoch {row['epoch']}", paths)
+        if not math.isfinite(row["val_loss"]):
+            raise self._diverged(f"validation loss became {row['val_loss']} at epoch {row['epoch']}", paths)
+
+    def _diverged(self, what: str, paths: TrainPaths) -> PetsegError:
+        kept = (
+            f"Last good checkpoint kept: {paths.last} (epoch {self.saved_epoch})"
+            if self.saved_epoch
+            else "No checkpoint of this run was written"
+        )
+        return PetsegError(f"train_{self.name}: {what}; lower train.{self.name}.lr or check the data. {kept}")
+
     def should_stop(self) -> bool:
         patience = self.cfg.early_stop_patience
         if patience and self.state.epochs_without_improvement >= patience:
@@ -179,6 +196,7 @@ class Trainer:
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["train_state"])
         self.best_weights = saved["best_state_dict"]
+        self.saved_epoch = self.state.epoch
         self.say(f"resuming after epoch {self.state.epoch} from {path}")
 
     def save_resume_point(self, path: Path, fingerprint: str) -> None:
@@ -194,6 +212,7 @@ class Trainer:
                 "train_state": asdict(self.state),
             },
         )
+        self.saved_epoch = self.state.epoch
 
     def _datasets(self, prepared_dir: Path, size: int) -> tuple[PreparedSplit, DataLoader, BatchTransform | None]:
         mean, std = normalization(self.model_params)
@@ -243,12 +262,10 @@ class Trainer:
             try:
                 loss_sum, seen = self.train_one_epoch(loader, epoch, augment)
             except PetsegError as err:
-                raise PetsegError(
-                    f"train_{self.name}: {err}; lower train.{self.name}.lr or check the data. "
-                    f"Last good checkpoint kept: {paths.last}"
-                ) from None
+                raise self._diverged(str(err), paths) from None
             train_seconds = time.perf_counter() - started
             row = {"epoch": epoch, "train_loss": loss_sum / seen} | self.validate(valid_loader)
+            self._stop_if_diverged(row, paths)
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
