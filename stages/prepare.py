@@ -6,8 +6,7 @@ import sys
 
 from petseg.config import load_params
 from petseg.data.cache import prepare_dataset
-from petseg.data.download import ARCHIVES, expected_checksum, fetch_archive, public_source
-from petseg.data.extract import extract_archive
+from petseg.data.download import ARCHIVES, fetch_and_extract, public_source
 from petseg.errors import exits_cleanly
 from petseg.fileio import ensure_writable, write_json
 from petseg.pipeline import PREPARED_DIR, RAW_DIR, REPORTS_DIR, stage_tracker
@@ -22,10 +21,7 @@ def main() -> None:
     cfg = params.prepare
     ensure_writable(RAW_DIR)
     ensure_writable(REPORT.parent)
-    trees = {}
-    for archive in ARCHIVES:
-        path, digests = fetch_archive(cfg.source, archive, RAW_DIR, expected_checksum(cfg, archive))
-        trees[archive] = extract_archive(path, RAW_DIR / archive.removesuffix(".tar.gz"), digests["sha256"])
+    trees = {archive: fetch_and_extract(cfg, archive, RAW_DIR) for archive in ARCHIVES}
     report = prepare_dataset(
         trees["images.tar.gz"] / "images", trees["annotations.tar.gz"] / "annotations", PREPARED_DIR, cfg
     )

@@ -106,6 +106,17 @@ class RangeServer:
             def log_message(self, *args):
                 pass
 
+            def do_HEAD(self):
+                path = server.directory / self.path.lstrip("/")
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest()[:16] + '"')
+                self.end_headers()
+
             def do_GET(self):
                 path = server.directory / self.path.lstrip("/")
                 server.requests.append({"path": self.path, "range": self.headers.get("Range")})

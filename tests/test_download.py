@@ -4,11 +4,18 @@ import hashlib
 import shutil
 
 import pytest
-from helpers import RangeServer, prepare_config
+from helpers import RangeServer, add_member, prepare_config
 
 from petseg.config import OFFICIAL_SOURCE
 from petseg.data import download
-from petseg.data.download import Checksum, expected_checksum, fetch_archive, public_source
+from petseg.data.download import (
+    Checksum,
+    expected_checksum,
+    fetch_and_extract,
+    fetch_archive,
+    file_digests,
+    public_source,
+)
 from petseg.errors import PetsegError
 
 
@@ -114,6 +121,42 @@ def test_changed_source_is_fetched_again(tmp_path, synthetic_archives):
     record = (tmp_path / "raw" / "images.tar.gz.json").read_text()
     fetch_archive(str(other), "images.tar.gz", tmp_path / "raw", None)
     assert (tmp_path / "raw" / "images.tar.gz.json").read_text() != record
+
+
+def test_a_changed_archive_at_the_same_local_source_is_fetched_again(tmp_path, synthetic_archives):
+    source = tmp_path / "source"
+    shutil.copytree(synthetic_archives[0], source)
+    _, first = fetch_archive(str(source), "annotations.tar.gz", tmp_path / "raw", None)
+    add_member(source / "annotations.tar.gz", "annotations/extra.txt", b"new")
+    _, second = fetch_archive(str(source), "annotations.tar.gz", tmp_path / "raw", None)
+    assert second != first and second == file_digests(source / "annotations.tar.gz")
+
+
+def test_a_changed_archive_on_the_server_is_fetched_again(tmp_path, synthetic_archives):
+    served = tmp_path / "served"
+    shutil.copytree(synthetic_archives[0], served)
+    with RangeServer(served) as server:
+        _, first = fetch_archive(server.url, "annotations.tar.gz", tmp_path / "raw", None)
+        fetch_archive(server.url, "annotations.tar.gz", tmp_path / "raw", None)
+        assert [r["path"] for r in server.requests] == ["/annotations.tar.gz"]  # unchanged (same ETag): reused
+        add_member(served / "annotations.tar.gz", "annotations/extra.txt", b"new")
+        _, second = fetch_archive(server.url, "annotations.tar.gz", tmp_path / "raw", None)
+    assert second == file_digests(served / "annotations.tar.gz") != first
+
+
+def test_an_archive_refused_by_extraction_is_not_served_from_the_cache(tmp_path, synthetic_archives):
+    source = tmp_path / "source"
+    shutil.copytree(synthetic_archives[0], source)
+    good = (source / "annotations.tar.gz").read_bytes()
+    add_member(source / "annotations.tar.gz", "../evil.txt", b"evil")
+    cfg = prepare_config(source=str(source))
+    with pytest.raises(PetsegError, match="refused unsafe member '../evil.txt'"):
+        fetch_and_extract(cfg, "annotations.tar.gz", tmp_path / "raw")
+    assert not (tmp_path / "raw" / "annotations.tar.gz").exists()
+    assert (tmp_path / "raw" / "annotations.tar.gz.bad").exists() and not (tmp_path / "evil.txt").exists()
+    (source / "annotations.tar.gz").write_bytes(good)  # the user puts the good archive back
+    tree = fetch_and_extract(cfg, "annotations.tar.gz", tmp_path / "raw")
+    assert (tree / "annotations" / "trainval.txt").is_file()
 
 
 def test_official_source_uses_official_md5_and_user_checksums_win():

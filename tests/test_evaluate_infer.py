@@ -155,6 +155,25 @@ def test_evaluate_and_infer_refuse_non_finite_weights(trained, tmp_path):
         )
 
 
+def test_an_empty_test_split_is_one_line_and_leaves_earlier_outputs_alone(trained, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    assert run_stage("infer", project, env=NO_MLFLOW).returncode == 0
+    masks = sorted(path.name for path in (project / "reports" / "infer" / "unet" / "masks").iterdir())
+    prepared = project / "data" / "prepared"
+    size = np.load(prepared / "test_images.npy").shape[1]
+    np.save(prepared / "test_images.npy", np.zeros((0, size, size, 3), np.uint8))
+    np.save(prepared / "test_masks.npy", np.zeros((0, size, size), np.uint8))
+    (prepared / "test.csv").write_text("index,name,species,breed,class_id,width,height\n")
+    for stage, purpose in (("evaluate", "evaluate"), ("infer", "infer")):
+        result = run_stage(stage, project, env=NO_MLFLOW)
+        assert result.returncode == 2
+        assert result.stderr == (
+            f"petseg: error: data/prepared: the test split is empty, nothing to {purpose} (see reports/prepare.json)\n"
+        )
+    assert sorted(path.name for path in (project / "reports" / "infer" / "unet" / "masks").iterdir()) == masks
+
+
 def test_checkpoint_round_trip_and_missing_file(tmp_path):
     save_checkpoint(tmp_path / "c.pt", {"state_dict": {"w": torch.ones(2)}})
     assert torch.equal(load_checkpoint(tmp_path / "c.pt")["state_dict"]["w"], torch.ones(2))
@@ -208,6 +227,51 @@ def test_predict_never_overwrites_a_mask_and_predicts_a_file_once(trained, photo
     assert "predict: 3 masks written" in captured.out  # cat.jpg named twice, predicted once
     assert Image.open(out / "cat.png").size == Image.open(photos / "cat.jpg").size
     assert not list(out.glob(".*.tmp"))  # written through temp files, none left behind
+
+
+@pytest.mark.parametrize("form", ["directory", "file"])
+def test_predict_never_writes_into_a_folder_that_holds_an_input(trained, photos, capsys, form):
+    before = {path.name: path.read_bytes() for path in photos.iterdir()}
+    given = photos if form == "directory" else photos / "dog.png"
+    assert predict(trained / "models" / "unet.pt", photos, given) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"petseg: error: --out {photos}: holds the input {photos}/")
+    assert err.rstrip().endswith("outputs there could replace your photos (choose another --out)")
+    assert {path.name: path.read_bytes() for path in photos.iterdir()} == before
+
+
+def test_an_overlay_name_never_collides_with_another_photos_mask(trained, synthetic_tree, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(synthetic_tree / "images" / "Persian_1.jpg", folder / "x.jpg")
+    shutil.copy(synthetic_tree / "images" / "beagle_1.jpg", folder / "x_overlay.jpg")
+    out = tmp_path / "out"
+    assert predict(trained / "models" / "unet.pt", out, folder, "--overlays") == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"petseg: error: {folder / 'x_overlay.jpg'}: its mask would overwrite {folder / 'x.jpg'}'s overlay "
+        "(x_overlay.png); use another --out for it\n"
+    )
+    assert sorted(path.name for path in out.iterdir()) == ["x.png", "x_overlay.png"]
+    assert Image.open(out / "x_overlay.png").mode == "RGB"  # x.jpg's overlay, not x_overlay.jpg's mask
+
+
+def test_photos_over_the_pixel_limit_are_refused_and_overlays_stay_bounded(
+    trained, synthetic_tree, tmp_path, capsys, monkeypatch
+):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(synthetic_tree / "images" / "Persian_1.jpg").resize((300, 200)).save(folder / "big.jpg")
+    Image.open(synthetic_tree / "images" / "beagle_1.jpg").resize((90, 60)).save(folder / "small.png")
+    monkeypatch.setattr("petseg.data.photos.MAX_PIXELS", 20_000)
+    monkeypatch.setattr("petseg.data.photos.PREVIEW_SIDE", 64)
+    out = tmp_path / "out"
+    assert predict(trained / "models" / "unet.pt", out, folder, "--overlays") == 1
+    assert capsys.readouterr().err == (
+        f"petseg: error: {folder / 'big.jpg'}: not a readable image (300x200 is over the 0 Mpx limit)\n"
+    )
+    assert Image.open(out / "small.png").size == (90, 60)  # the mask: always at the photo's own size
+    assert Image.open(out / "small_overlay.png").size == (64, 43)  # the overlay: at most PREVIEW_SIDE long
 
 
 def test_predict_respects_exif_orientation(trained, synthetic_tree, tmp_path, capsys):

@@ -3,6 +3,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 from petseg.data.cache import prepare_dataset
 from petseg.data.layout import SPLITS, sample_file
 from petseg.data.lists import build_splits, parse_list_file, split_trainval
-from petseg.data.photos import load_sample, resize_photo
+from petseg.data.photos import SampleError, load_sample, resize_photo, to_rgb8
 from petseg.errors import PetsegError
 
 
@@ -278,3 +280,71 @@ def test_meta_identifies_the_split_so_training_never_resumes_on_another(tmp_path
         return json.loads((tmp_path / name / "meta.json").read_text())["split_lists"]
 
     assert split_id(1, "a") == split_id(1, "b") != split_id(2, "c")
+
+
+def _png16(path, pixels: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one)."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+GREY = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))  # 32 x 64, every 4th grey level
+COLOUR = np.stack([GREY, GREY[::-1], np.full_like(GREY, 90)], axis=-1)
+
+
+def _mode_cases(folder):
+    """(file, expected 8-bit RGB, tolerance) for every mode Pillow opens, each made by hand from GREY/COLOUR."""
+    grey_rgb = np.repeat(GREY[..., None], 3, axis=-1)
+    cases = {}
+
+    def save(name, image, expected, tolerance=0, **kwargs):
+        image.save(folder / name, **kwargs)
+        cases[name] = (expected, tolerance)
+
+    save("i16.png", Image.fromarray(GREY.astype(np.uint16) * 257), grey_rgb)
+    save("i16b.tiff", Image.frombytes("I;16B", (64, 32), (GREY.astype(">u2") * 257).tobytes()), grey_rgb)
+    save("i32_16bit.tiff", Image.fromarray(GREY.astype(np.int32) * 257), grey_rgb)
+    save("i32_8bit.tiff", Image.fromarray(GREY.astype(np.int32)), grey_rgb)
+    save("f_unit.tiff", Image.fromarray(GREY.astype(np.float32) / 255), grey_rgb)
+    save("f_255.tiff", Image.fromarray(GREY.astype(np.float32)), grey_rgb)
+    save("la.png", Image.fromarray(np.stack([GREY, np.full_like(GREY, 7)], -1), "LA"), grey_rgb)
+    binary = GREY >= 128
+    save("one.png", Image.fromarray(binary), np.repeat(np.where(binary, 255, 0)[..., None], 3, -1).astype(np.uint8))
+    save("cmyk.tiff", Image.fromarray(COLOUR).convert("CMYK"), COLOUR, 1)
+    save("ycbcr.jpg", Image.fromarray(COLOUR).convert("YCbCr"), COLOUR, 12, quality=100)
+    _png16(folder / "rgb16.png", COLOUR.astype(np.uint16) * 257)
+    cases["rgb16.png"] = (COLOUR, 0)
+    return cases
+
+
+def test_every_pillow_mode_becomes_the_right_8bit_photo(tmp_path):
+    trimap = tmp_path / "trimap.png"
+    Image.fromarray(np.full(GREY.shape, 1, np.uint8)).save(trimap)
+    for name, (expected, tolerance) in _mode_cases(tmp_path).items():
+        image, _, width, height = load_sample(tmp_path / name, trimap, 64, "pet")  # 64 x 32 -> 64 x 64: rows double
+        assert (width, height) == (64, 32), name
+        got = image[::2].astype(int)
+        assert np.abs(got - expected.astype(int)).max() <= tolerance + 1, (name, np.abs(got - expected).max())
+
+
+def test_palette_with_alpha_keeps_its_colours():
+    palette = Image.fromarray(COLOUR).convert("P")
+    with_alpha = palette.convert("PA")  # no file format stores PA; it arises from decoders
+    assert with_alpha.mode == "PA"
+    assert np.array_equal(np.asarray(to_rgb8(with_alpha)), np.asarray(palette.convert("RGB")))
+
+
+def test_a_mode_pillow_cannot_turn_into_rgb_is_a_listed_skip(tmp_path):
+    trimap = tmp_path / "trimap.png"
+    Image.fromarray(np.full((8, 8), 1, np.uint8)).save(trimap)
+    Image.fromarray(np.full((8, 8), -5.0, np.float32)).save(tmp_path / "negative.tiff")
+    with pytest.raises(SampleError, match=r"image cannot be decoded \(F pixels outside 0..65535\)"):
+        load_sample(tmp_path / "negative.tiff", trimap, 32, "pet")

@@ -16,6 +16,7 @@ from urllib.error import HTTPError, URLError
 
 from petseg import __version__
 from petseg.config import OFFICIAL_SOURCE, PrepareConfig
+from petseg.data.extract import extract_archive
 from petseg.errors import PetsegError
 from petseg.progress import progress
 
@@ -145,20 +146,51 @@ def _http_download(url: str, part: Path) -> None:
     raise PetsegError(f"{url}: download failed after {ATTEMPTS} attempts ({reason}); {got} bytes kept, rerun to resume")
 
 
+def source_stamp(location: str) -> dict | None:
+    """What identifies the archive at ``location`` now: size and mtime of a local file, ETag and length over HTTP.
+    None when it cannot be told (a server without HEAD, no network): the cached copy is then trusted."""
+    local = _local_path(location)
+    if local is not None:
+        try:
+            stat = local.stat()
+        except OSError:
+            return None
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    request = urllib.request.Request(location, method="HEAD", headers={"User-Agent": f"petseg/{__version__}"})
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+            stamp = {"etag": resp.headers.get("ETag"), "length": resp.headers.get("Content-Length")}
+    except (URLError, OSError, http.client.HTTPException, ValueError):
+        return None
+    return stamp if any(stamp.values()) else None
+
+
+def discard_archive(raw_dir: Path, archive: str) -> Path:
+    """An archive that failed extraction is never served from the cache again: moved to ``<archive>.bad``."""
+    bad = raw_dir / f"{archive}.bad"
+    (raw_dir / f"{archive}.json").unlink(missing_ok=True)
+    if (raw_dir / archive).exists():
+        os.replace(raw_dir / archive, bad)
+    return bad
+
+
 def fetch_archive(source: str, archive: str, raw_dir: Path, expected: Checksum | None) -> tuple[Path, dict[str, str]]:
     """Put ``archive`` from ``source`` into ``raw_dir``, verified; return its path and digests.
 
-    A finished archive whose record says it came from the same source (and matches ``expected``)
-    is reused. A checksum mismatch moves the file to ``<archive>.bad`` so that a rerun downloads
-    it again, and raises.
+    A finished archive whose record says it came from the same source, unchanged there since (size and mtime, or
+    ETag and length), and matching ``expected`` is reused. A checksum mismatch moves the file to ``<archive>.bad``
+    so that a rerun downloads it again, and raises.
     """
     raw_dir.mkdir(parents=True, exist_ok=True)
     dest, part, record = raw_dir / archive, raw_dir / f"{archive}.part", raw_dir / f"{archive}.json"
     location = source.rstrip("/") + "/" + archive
+    stamp = source_stamp(location)
     if dest.exists() and record.exists():
         saved = json.loads(record.read_text())
-        if saved.get("source") == location and (
-            expected is None or saved.get("digests", {}).get(expected.algorithm) == expected.hexdigest
+        if (
+            saved.get("source") == location
+            and (stamp is None or saved.get("stamp") in (None, stamp))
+            and (expected is None or saved.get("digests", {}).get(expected.algorithm) == expected.hexdigest)
         ):
             return dest, saved["digests"]
 
@@ -178,5 +210,16 @@ def fetch_archive(source: str, archive: str, raw_dir: Path, expected: Checksum |
             "to download it again"
         )
     os.replace(part, dest)
-    record.write_text(json.dumps({"source": location, "digests": digests}, indent=2))
+    record.write_text(json.dumps({"source": location, "stamp": stamp, "digests": digests}, indent=2))
     return dest, digests
+
+
+def fetch_and_extract(cfg: PrepareConfig, archive: str, raw_dir: Path) -> Path:
+    """The verified archive from ``cfg.source``, extracted under ``raw_dir``; an archive refused by the extraction
+    (hostile members, unreadable) is discarded, so that the next run fetches it again."""
+    path, digests = fetch_archive(cfg.source, archive, raw_dir, expected_checksum(cfg, archive))
+    try:
+        return extract_archive(path, raw_dir / archive.removesuffix(".tar.gz"), digests["sha256"])
+    except PetsegError:
+        discard_archive(raw_dir, archive)
+        raise

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from petseg.data.layout import IGNORE
 BOUNDARY_VALUE = {"pet": 1, "background": 0, "ignore": IGNORE}
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY = 1, 2, 3
 _TRIMAP_VALUES = (TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BOUNDARY)
+EXIF_ORIENTATION = 0x0112
 
 
 class SampleError(Exception):
@@ -30,6 +33,53 @@ def resize_photo(photo: Image.Image, size: int) -> np.ndarray:
     return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()
 
 
+MAX_PIXELS = 150_000_000  # ~12000 x 12000: a larger photo is refused (decoding it could exhaust memory)
+PREVIEW_SIDE = 2048  # overlays are drawn at most this long on the long side
+
+
+def open_photo(path: Path) -> Image.Image:
+    """Open any image by content; refuse one over :data:`MAX_PIXELS` before decoding a single pixel."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it in one line
+        img = Image.open(path)
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} Mpx limit")
+    return img
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as an 8-bit RGB photo: 16- and 32-bit integer greys are scaled (not clipped) to 8 bits,
+    float greys in [0, 1] or [0, 255] are scaled, alpha is dropped; anything else raises ValueError with why."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16"):
+        grey = np.asarray(img).astype(np.uint32) * 255 // 65535
+    elif img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = float(values.max(initial=0.0))
+        if not np.isfinite(values).all() or values.min(initial=0.0) < 0 or top > 65535:
+            raise ValueError(f"{img.mode} pixels outside 0..65535")
+        scale = 255.0 if img.mode == "F" and top <= 1.0 else (1.0 if top <= 255 else 255.0 / 65535.0)
+        grey = np.rint(values * scale)
+    elif img.mode in ("PA", "P", "LA", "La", "RGBA", "RGBa", "RGBX"):
+        return img.convert("RGBA").convert("RGB")
+    else:
+        return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV; Pillow raises ValueError for what it cannot
+    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+
+
+def decode_near(img: Image.Image, size: int) -> Image.Image:
+    """Decode as little as needed for a ``size`` output: a JPEG at the smallest 1/2^k scale still >= ``size``
+    (much less work and memory), another format reduced by a whole factor when it is >= 4x larger."""
+    if img.format == "JPEG":
+        img.draft("RGB", (size, size))
+    factor = min(img.width, img.height) // (2 * size)
+    if img.format != "JPEG" and factor >= 2:
+        img = img.reduce(factor)
+    return to_rgb8(img)
+
+
 def load_sample(
     image_path: Path, trimap_path: Path, size: int, boundary: str
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -43,13 +93,9 @@ def load_sample(
     if not trimap_path.is_file():
         raise SampleError("trimap missing")
     try:
-        with Image.open(image_path) as img:
+        with open_photo(image_path) as img:
             width, height = img.size
-            if img.format == "JPEG":
-                # Decode at the smallest 1/2^k scale that is still >= the target size: much less work.
-                img.draft("RGB", (size, size))
-            rgb = img if img.mode == "RGB" else img.convert("RGB")  # converting RGB to RGB is a full copy
-            image = resize_photo(rgb, size)
+            image = resize_photo(decode_near(img, size), size)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise SampleError(f"image cannot be decoded ({err})") from None
     try:
@@ -70,8 +116,22 @@ def load_sample(
     return image, lut[np.asarray(small)], width, height
 
 
-def load_rgb(path: Path, size: int) -> tuple[np.ndarray, Image.Image]:
-    """Decode any image by content, apply EXIF orientation, return (uint8 SxSx3, original RGB image)."""
-    with Image.open(path) as img:
-        original = ImageOps.exif_transpose(img).convert("RGB")
-    return resize_photo(original, size), original
+@dataclass(frozen=True)
+class Photo:
+    resized: np.ndarray  # uint8 size x size x 3, what the model sees
+    preview: Image.Image  # RGB at most PREVIEW_SIDE long, for overlays
+    width: int  # the photo's size as a viewer shows it (EXIF orientation applied)
+    height: int
+
+
+def load_rgb(path: Path, size: int) -> Photo:
+    """Decode any image by content with EXIF orientation applied, never holding more than a reduced copy of a large
+    JPEG in memory (``petseg predict``)."""
+    with open_photo(path) as img:
+        width, height = img.size
+        if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
+            width, height = height, width
+        upright = ImageOps.exif_transpose(decode_near(img, size))
+    preview = upright.copy()
+    preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return Photo(resize_photo(upright, size), preview, width, height)

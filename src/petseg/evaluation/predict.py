@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from petseg.data.photos import load_rgb
+from petseg.data.photos import Photo, load_rgb
+from petseg.errors import PetsegError
 from petseg.evaluation.predictor import PRED_COLOR, Predictor, mask_at_size, overlay
 from petseg.fileio import atomic_file, ensure_writable
 from petseg.progress import progress
@@ -21,11 +22,12 @@ class PredictSummary:
     failed: int = 0
 
 
-def collect_inputs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+def collect_inputs(paths: list[Path], overlays: bool = False) -> tuple[list[Path], list[str]]:
     """Files named directly or found (non-recursively) in directories; problems as messages.
 
-    A file named twice (directly and through its directory, say) is predicted once. Masks are named by file stem,
-    so of several files sharing a stem only the first is kept; each other one is a problem, never a silent overwrite.
+    A file named twice (directly and through its directory, say) is predicted once. Outputs are named by file stem
+    (``<stem>.png``, ``<stem>_overlay.png``), so a file whose output name another file already claimed is a
+    problem, never a silent overwrite.
     """
     found, problems = [], []
     for path in paths:
@@ -39,14 +41,41 @@ def collect_inputs(paths: list[Path]) -> tuple[list[Path], list[str]]:
         else:
             problems.append(f"{path}: no such file or directory")
     files: list[Path] = []
-    named: dict[str, Path] = {}  # mask name (stem) -> the file it belongs to
+    seen: set[Path] = set()
+    claimed: dict[str, tuple[Path, str]] = {}  # output file name -> (the input it belongs to, what it is)
     for path in found:
-        first = named.setdefault(path.stem, path)
-        if first is path:
+        if path.resolve() in seen:
+            continue  # the same file named twice
+        seen.add(path.resolve())
+        outputs = output_names(path, overlays)
+        clash = next((name for name in outputs if name in claimed), None)
+        if clash is None:
+            claimed.update({name: (path, what) for name, what in outputs.items()})
             files.append(path)
-        elif first.resolve() != path.resolve():
-            problems.append(f"{path}: its mask would overwrite {first}'s ({path.stem}.png); use another --out for it")
+        else:
+            first, their = claimed[clash]
+            mine = outputs[clash]
+            whose = f"{first}'s" if their == mine else f"{first}'s {their}"
+            problems.append(f"{path}: its {mine} would overwrite {whose} ({clash}); use another --out for it")
     return files, problems
+
+
+def output_names(path: Path, overlays: bool) -> dict[str, str]:
+    names = {f"{path.stem}.png": "mask"}
+    if overlays:
+        names[f"{path.stem}_overlay.png"] = "overlay"
+    return names
+
+
+def refuse_out_beside_inputs(files: list[Path], out_dir: Path) -> None:
+    """Outputs never go into a folder that holds an input: a mask or overlay there could replace a photo."""
+    out = out_dir.resolve()
+    for path in files:
+        if path.resolve().parent == out:
+            raise PetsegError(
+                f"--out {out_dir}: holds the input {path}; outputs there could replace your photos "
+                "(choose another --out)"
+            )
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
@@ -66,31 +95,32 @@ def predict_paths(
     batch_size: int = 8,
     overlays: bool = False,
 ) -> PredictSummary:
+    files, problems = collect_inputs(paths, overlays)
+    refuse_out_beside_inputs(files, out_dir)
     ensure_writable(out_dir)
-    files, problems = collect_inputs(paths)
     summary = PredictSummary(failed=len(problems))
     for problem in problems:
         _report(problem)
-    batch: list[tuple[Path, np.ndarray, Image.Image]] = []
+    batch: list[tuple[Path, Photo]] = []
 
     def flush() -> None:
-        probs = predictor.probabilities(np.stack([item[1] for item in batch]))
-        for (path, _, original), prob in zip(batch, probs, strict=True):
-            mask = mask_at_size(prob, original.width, original.height, threshold)
-            save_png(out_dir / f"{path.stem}.png", mask)
-            if overlays:
-                save_png(out_dir / f"{path.stem}_overlay.png", overlay(np.asarray(original), mask > 0, PRED_COLOR))
+        probs = predictor.probabilities(np.stack([photo.resized for _, photo in batch]))
+        for (path, photo), prob in zip(batch, probs, strict=True):
+            save_png(out_dir / f"{path.stem}.png", mask_at_size(prob, photo.width, photo.height, threshold))
+            if overlays:  # drawn on the bounded preview: a 12000 px photo's overlay would take gigabytes
+                where = mask_at_size(prob, *photo.preview.size, threshold) > 0
+                save_png(out_dir / f"{path.stem}_overlay.png", overlay(np.asarray(photo.preview), where, PRED_COLOR))
             summary.written += 1
         batch.clear()
 
     for path in progress(files, desc="predict", unit=" img"):
         try:
-            resized, original = load_rgb(path, predictor.image_size)
+            photo = load_rgb(path, predictor.image_size)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
             _report(f"{path}: not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
             summary.failed += 1
             continue
-        batch.append((path, resized, original))
+        batch.append((path, photo))
         if len(batch) == batch_size:
             flush()
     if batch:

@@ -35,10 +35,28 @@ class Predictor:
         return torch.sigmoid(self.model(batch).float())[:, 0].cpu()
 
 
+STRIP_ROWS = 256  # output rows resized at a time: a 12000 x 12000 mask never exists as float32 (576 MB)
+
+
 def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: float) -> np.ndarray:
-    """Resize a probability map to (height, width) bilinearly, then threshold: uint8 0/255."""
-    resized = F.interpolate(probability[None, None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-    return np.where(resized.numpy() > threshold, 255, 0).astype(np.uint8)
+    """Resize a probability map to (height, width) bilinearly (align_corners=False), then threshold: uint8 0/255.
+
+    Separable and in strips of output rows: the width pass once, then the height pass strip by strip, with
+    F.interpolate's own source coordinates and weights; memory stays near the size of the uint8 mask itself.
+    """
+    rows = F.interpolate(probability[None, None], size=(probability.shape[0], width), mode="bilinear")[0, 0]
+    rows = rows.numpy()
+    scale = np.float32(probability.shape[0]) / np.float32(height)
+    mask = np.empty((height, width), dtype=np.uint8)
+    for start in range(0, height, STRIP_ROWS):
+        out_rows = np.arange(start, min(start + STRIP_ROWS, height), dtype=np.float32)
+        source = np.maximum(scale * (out_rows + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+        low = source.astype(np.int64)
+        high = np.minimum(low + 1, probability.shape[0] - 1)
+        weight = (source - low.astype(np.float32))[:, None]
+        strip = (np.float32(1) - weight) * rows[low] + weight * rows[high]
+        mask[start : start + len(out_rows)] = np.where(strip > threshold, 255, 0)
+    return mask
 
 
 def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float = 0.45) -> np.ndarray:
