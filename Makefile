@@ -12,7 +12,14 @@ CPU_PRESET := -S 'prepare.source=$(SOURCE)' -S prepare.image_size=64 \
 	-S train.unet.lr=0.001 -S train.res34.epochs=6 -S train.res34.batch_size=8 -S train.res34.lr=0.001 \
 	-S infer.limit=32
 
-.PHONY: repro repro-cpu test test-fast lint bench venv clean
+# The reference report's recipe (UNet without batch norm, Adam + weight decay, ReduceLROnPlateau, best epoch by
+# validation Dice, no progressive resizing), one command away so that its published figures can be reproduced.
+REFERENCE_RECIPE := -S train.common.select_by=dice -S train.common.progressive_scale=1.0 \
+	-S train.common.progressive_until=0.0 -S train.unet.batch_norm=false \
+	$(foreach m,unet res34,-S train.$(m).optimizer=adam -S train.$(m).lr=0.0001 -S train.$(m).weight_decay=0.00001 \
+	-S train.$(m).schedule=plateau -S train.$(m).warmup_epochs=0)
+
+.PHONY: repro repro-cpu repro-reference test test-fast lint bench venv clean
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -26,6 +33,9 @@ repro: $(STAMP)
 
 repro-cpu: $(STAMP)
 	dvc exp run $(CPU_PRESET)
+
+repro-reference: $(STAMP)
+	dvc exp run -n reference-recipe $(REFERENCE_RECIPE)
 
 test: $(STAMP)
 	pytest

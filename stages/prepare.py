@@ -25,6 +25,7 @@ def main() -> None:
     report = prepare_dataset(
         trees["images.tar.gz"] / "images", trees["annotations.tar.gz"] / "annotations", PREPARED_DIR, cfg
     )
+    report["source"] = public_source(cfg.source)
     write_json(REPORT, report)
     counts = report["counts"]
     print(

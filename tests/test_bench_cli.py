@@ -92,10 +92,26 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
     paths = TrainPaths(best=project / "models" / "unet.pt", last=project / "models" / "unet.last.pt")
     Trainer("unet", params).fit(project / "data" / "prepared", paths)
     monkeypatch.chdir(project)
-    assert petseg_main(["bench", "infer", "--model", str(paths.best), "--images", str(synthetic_tree / "images")]) == 0
+    args = [
+        "bench",
+        "infer",
+        "--model",
+        str(paths.best),
+        "--images",
+        str(synthetic_tree / "images"),
+        "--size",
+        "32",
+        "64",
+    ]
+    assert petseg_main(args) == 0
     infer = json.loads((project / "reports" / "bench" / "infer.json").read_text())
-    assert infer["images"] == 32 and infer["model"] == "unet" and infer["size"] == 32
-    assert infer["ratio"] == pytest.approx(infer["predict_img_s"] / infer["model_only_img_s"], rel=0.01)
+    assert infer["images"] == 32 and infer["model"] == "unet" and set(infer["sizes"]) == {"32", "64"}
+    for figures in infer["sizes"].values():
+        speedup = figures["ort_model_img_s"] / figures["eager_model_img_s"]
+        assert figures["model_speedup"] == pytest.approx(speedup, rel=0.01)
+        assert figures["predict_speedup"] == pytest.approx(
+            figures["ort_predict_img_s"] / figures["eager_predict_img_s"], rel=0.01
+        )
     args = [
         "bench",
         "baseline",
@@ -116,3 +132,24 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
     assert baseline["images"] == 4 and baseline["size"] == 32
     assert baseline["ratio"] == pytest.approx(baseline["petseg_img_s"] / baseline["reference_img_s"], rel=0.01)
     assert "reference data path (PIL per item, v1, 0 workers)" in capsys.readouterr().out
+
+
+def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synthetic_archives, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
+    assert petseg_main([*args, "--budget", "0.5", *PARAMS, "--set", "train.res34.batch_size=8"]) == 0
+    result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
+    assert result["reference"]["epochs"] >= 1 and result["petseg"]["epochs"] >= 1
+    for side in ("reference", "petseg"):
+        low, high = result[side]["ci95"]
+        assert low <= result[side]["dice_per_image"] <= high
+    assert result["dice_gain"] == pytest.approx(
+        result["petseg"]["dice_per_image"] - result["reference"]["dice_per_image"]
+    )
+    assert "petseg - reference, test Dice per image" in capsys.readouterr().out
+
+
+def test_bench_set_needs_key_and_value(tmp_path, synthetic_archives, capsys):
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), *PARAMS, "--set", "train.res34.lr"]
+    assert petseg_main(args) == 2
+    assert "--set train.res34.lr: expected KEY=VALUE" in capsys.readouterr().err

@@ -20,6 +20,7 @@ STAGE_READS = {
     "train_res34": ["train.common", "train.res34"],
     "evaluate": ["evaluate"],
     "infer": ["infer", "evaluate.threshold", "evaluate.batch_size"],
+    "export": ["evaluate.threshold"],
 }
 
 

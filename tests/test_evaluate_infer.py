@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import run_stage
 from PIL import Image
 
@@ -49,6 +50,10 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
             assert 0.0 <= scores[key] <= 1.0, key
         assert scores["images"] == 8
         assert set(scores["species"]) == {"cat", "dog"} and scores["species"]["cat"]["images"] == 4
+        low, high = scores["dice_per_image_ci95"]
+        assert low <= scores["dice_per_image"] <= high
+        assert 0.0 <= scores["boundary_dice_per_image"] <= 1.0 and 0.0 <= scores["boundary_iou_per_image"] <= 1.0
+        assert scores["empty_predictions"] + scores["full_predictions"] <= 8
     with (out / "per_breed.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert {(r["model"], r["breed"], r["species"]) for r in rows} == {
@@ -59,6 +64,24 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
     first = (out / "metrics.json").read_bytes()
     assert run_stage("evaluate", trained, env=NO_MLFLOW).returncode == 0
     assert (out / "metrics.json").read_bytes() == first  # bit-identical on a rerun
+
+
+def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["evaluate"]["tta"] = "hflip"
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    ckpt = load_checkpoint(project / "models" / "unet.pt")
+    head_bias = next(key for key in reversed(list(ckpt["state_dict"])) if key.endswith("bias"))
+    ckpt["state_dict"][head_bias] = torch.full_like(ckpt["state_dict"][head_bias], -1e4)  # predicts no pet at all
+    save_checkpoint(project / "models" / "unet.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    result = run_stage("evaluate", project, env=NO_MLFLOW)
+    assert result.returncode == 0, result.stderr
+    assert "evaluate: warning: unet predicts no pet on 8 of 8 test images; it has collapsed" in result.stdout
+    metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    assert metrics["unet"]["empty_predictions"] == 8 and metrics["unet"]["precision_dataset"] == 0.0
+    assert 0.0 <= metrics["res34"]["dice_per_image_no_tta"] <= 1.0
 
 
 def test_infer_writes_original_size_masks_and_grids(trained):

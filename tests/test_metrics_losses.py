@@ -5,7 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petseg.evaluation.metrics import confusion_counts, per_image_scores, summarize
+from petseg.evaluation.metrics import (
+    bootstrap_ci,
+    confusion_counts,
+    degenerate_counts,
+    outline_band,
+    per_image_scores,
+    summarize,
+)
 from petseg.training.losses import BCEDiceLoss
 
 
@@ -26,8 +33,8 @@ def test_hand_computed_scores_with_an_ignored_pixel():
     [
         ([0, 0, 0, 0], [0, 0, 0, 0], {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
         ([1, 1, 1, 1], [1, 1, 1, 1], {"dice": 1.0, "iou": 1.0, "accuracy": 1.0, "precision": 1.0, "recall": 1.0}),
-        ([1, 1, 1, 1], [0, 0, 0, 0], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 0.0, "recall": 1.0}),
-        ([0, 0, 0, 0], [1, 1, 1, 1], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 1.0, "recall": 0.0}),
+        ([1, 1, 1, 1], [0, 0, 0, 0], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 0.0, "recall": 0.0}),
+        ([0, 0, 0, 0], [1, 1, 1, 1], {"dice": 0.0, "iou": 0.0, "accuracy": 0.0, "precision": 0.0, "recall": 0.0}),
         (
             [1, 1, 0, 0],
             [255, 255, 255, 255],
@@ -70,6 +77,55 @@ def test_agrees_with_an_independent_numpy_implementation():
     for key, value in numpy_reference(pred, target).items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
     assert ours["images"] == 16
+
+
+def test_a_model_that_predicts_nothing_is_not_precise_and_is_counted():
+    target = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    target[:3, :, 2:6, 2:6] = 1  # three images with a pet, one without
+    nothing = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
+    counts = confusion_counts(nothing, target, 255)
+    scores = summarize(counts)
+    assert scores["precision_dataset"] == 0.0 and scores["precision_per_image"] == pytest.approx(0.25)
+    assert degenerate_counts(counts) == {"empty_predictions": 4, "full_predictions": 0}
+    assert degenerate_counts(confusion_counts(~nothing, target, 255)) == {"empty_predictions": 0, "full_predictions": 4}
+
+
+def numpy_band(target: np.ndarray, width: int) -> np.ndarray:
+    """Independent outline band: a pixel is in it when its (2w+1)^2 window holds both pet and not-pet."""
+    pet = target == 1
+    height, cols = pet.shape
+    band = np.zeros_like(pet)
+    for y in range(height):
+        for x in range(cols):
+            window = pet[max(0, y - width) : y + width + 1, max(0, x - width) : x + width + 1]
+            band[y, x] = window.any() and not window.all()
+    return band & (target != 255)
+
+
+def test_outline_band_and_boundary_counts_match_numpy():
+    rng = np.random.default_rng(1)
+    target = np.zeros((12, 16), dtype=np.uint8)
+    target[3:9, 4:12] = 1
+    target[0, 0] = 255
+    for width in (1, 2):
+        ours = outline_band(torch.from_numpy(target)[None, None], width, 255)[0, 0].numpy()
+        assert np.array_equal(ours, numpy_band(target, width)), width
+    pred = rng.random((12, 16)) < 0.5
+    band = numpy_band(target, 1)
+    banded = torch.where(torch.from_numpy(band), torch.from_numpy(target), 255)[None, None]
+    tp, fp, fn, _ = confusion_counts(torch.from_numpy(pred)[None, None], banded, 255)[0].tolist()
+    truth = target == 1
+    assert (tp, fp, fn) == (np.sum(pred & truth & band), np.sum(pred & ~truth & band), np.sum(~pred & truth & band))
+
+
+def test_bootstrap_interval_matches_numpy_and_brackets_the_mean():
+    values = np.random.default_rng(2).random(50)
+    low, high = bootstrap_ci(values, resamples=500, seed=3)
+    rng = np.random.default_rng(3)
+    means = [values[rng.integers(0, 50, size=50)].mean() for _ in range(500)]
+    assert (low, high) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert low < values.mean() < high and high - low < 0.25
+    assert bootstrap_ci(values, resamples=500, seed=3) == (low, high)  # seeded
 
 
 def test_loss_ignores_ignore_pixels_and_matches_bce():

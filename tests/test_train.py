@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -14,6 +15,7 @@ from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.training.losses import BCEDiceLoss
+from petseg.training.optim import WarmupCosine
 from petseg.training.reports import TIMING_FIELDS, write_training_reports
 from petseg.training.trainer import Trainer, TrainPaths
 
@@ -76,9 +78,14 @@ class InterruptAfterEpoch:
             raise Interrupt
 
 
-@pytest.mark.parametrize("on_device", [False, True], ids=["loader-augment", "device-augment"])
-def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys, on_device):
-    overrides = {"train": {"unet": {"epochs": 3}, "common": {"augment": {"on_device": on_device}}}}
+@pytest.mark.parametrize(
+    ("on_device", "schedule"),
+    [(False, "plateau"), (True, "plateau"), (False, "cosine")],
+    ids=["loader-augment", "device-augment", "warmup-cosine-adamw"],
+)
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys, on_device, schedule):
+    recipe = {"epochs": 3, "schedule": schedule, "warmup_epochs": 1, "optimizer": "adamw"}
+    overrides = {"train": {"unet": recipe, "common": {"augment": {"on_device": on_device}}}}
     uninterrupted, _ = run_training(project, overrides=overrides)
     reference = (project / "reports" / "train" / "unet" / "metrics.json").read_bytes()
     (project / "models" / "unet.last.pt").unlink()
@@ -234,3 +241,37 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_holder(projec
         result.stderr,
     )
     assert not (project / "models" / "unet.last.pt").exists()  # refused before any work
+
+
+def test_a_time_budget_stops_after_the_epoch_that_crosses_it(project, capsys):
+    overrides = {"train": {"common": {"max_minutes": 1e-6}, "unet": {"epochs": 5}}}
+    state, _ = run_training(project, overrides=overrides)
+    assert state.epoch == 1 and state.stopped_by == "time budget"
+    assert "train_unet: time budget reached: 0.0 of 0.0 minutes, 1 epochs" in capsys.readouterr().out
+    metrics = json.loads((project / "reports" / "train" / "unet" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["stopped_by"] == "time budget"
+    assert (project / "models" / "unet.pt").exists()
+
+
+def test_select_by_last_keeps_the_final_epoch(project):
+    state, _ = run_training(project, overrides={"train": {"common": {"select_by": "last"}, "unet": {"epochs": 3}}})
+    assert state.best_epoch == 3 and load_checkpoint(project / "models" / "unet.pt")["epoch"] == 3
+
+
+def test_warmup_cosine_follows_steps_and_the_time_budget():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+
+    def lrs(total, warmup, budget_s, elapsed):
+        optimizer = torch.optim.SGD([parameter], lr=1.0)
+        schedule = WarmupCosine(optimizer, total, warmup, budget_s)
+        seen = [optimizer.param_groups[0]["lr"]]
+        for step in range(total):
+            schedule.step(elapsed(step))
+            seen.append(optimizer.param_groups[0]["lr"])
+        return seen
+
+    by_steps = lrs(10, 2, 0.0, lambda step: 0.0)
+    assert by_steps[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # linear warm-up
+    assert by_steps[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)])  # cosine to 0
+    by_time = lrs(10, 0, 100.0, lambda step: 50.0 * (step + 1))  # the budget runs out after 2 of 10 steps
+    assert by_time[1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5))) and by_time[2:] == pytest.approx([0.0] * 9)

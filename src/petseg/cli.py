@@ -45,9 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive, default=8)
     predict.add_argument("--overlays", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument(
+        "--backend", choices=("torch", "onnxruntime"), default="torch", help="onnxruntime: --model is a .onnx export"
+    )
 
-    bench = commands.add_parser("bench", help="throughput benchmarks (ratios from one run)")
+    promote = commands.add_parser(
+        "promote", help="move the registry alias 'champion' to the newest version, if it passes"
+    )
+    promote.add_argument("--model", required=True, choices=MODEL_NAMES)
+    promote.add_argument("--params", type=Path, default=Path("params.yaml"), help="reads promote.max_species_drop")
+
+    bench = commands.add_parser("bench", help="benchmarks: ratios measured side by side in one run")
     which = bench.add_subparsers(dest="bench", required=True)
+    _add_throughput_benches(which)
+    _add_model_benches(which)
+    return parser
+
+
+def _add_throughput_benches(which) -> None:
     prep = which.add_parser("prepare", help="prepare path vs a naive PIL loop")
     prep.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
     prep.add_argument("--size", type=_positive, default=256)
@@ -66,10 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=_non_negative, default=4, help="DataLoader workers (capped on CPU)")
     train.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
     train.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
-    infer = which.add_parser("infer", help="petseg predict vs the model alone")
-    infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
-    infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
-    infer.add_argument("--batch-size", type=_positive, default=8)
     baseline = which.add_parser("baseline", help="the reference report's data path vs ours, same model and batch")
     baseline.add_argument("--source", type=Path, required=True, help="directory with the two archives")
     baseline.add_argument("--model", choices=MODEL_NAMES, default="res34")
@@ -78,7 +89,36 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--steps", type=_positive, default=5)
     baseline.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
     baseline.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
-    return parser
+
+
+def _add_model_benches(which) -> None:
+    infer = which.add_parser("infer", help="PyTorch eager vs ONNX Runtime: the model alone and petseg predict")
+    infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
+    infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
+    infer.add_argument("--batch-size", type=_positive, default=8)
+    infer.add_argument("--size", nargs="+", type=_positive, default=[128, 256], help="input sizes to measure at")
+    accuracy = which.add_parser("accuracy", help="the reference recipe vs petseg's, same budget, split and metric")
+    accuracy.add_argument("--source", type=Path, required=True, help="directory with the two archives")
+    accuracy.add_argument("--model", choices=MODEL_NAMES, default="res34")
+    accuracy.add_argument("--size", type=_positive, default=128)
+    accuracy.add_argument("--budget", type=float, default=600.0, help="seconds of training per side")
+    accuracy.add_argument("--params", type=Path, default=Path("params.yaml"), help="petseg's recipe (and the split)")
+    accuracy.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param of petseg's side (YAML value)"
+    )
+
+
+def _overrides(pairs: list[str]) -> dict:
+    """``--set train.res34.lr=0.003`` pairs as dotted overrides, values read as YAML (numbers, true, lists)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PetsegError(f"--set {pair}: expected KEY=VALUE, e.g. train.res34.lr=0.003")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def train_settings(args: argparse.Namespace) -> Params:
@@ -107,10 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.evaluation.predictor import Predictor
         from petseg.runtime import resolve_device
 
-        predictor = Predictor(args.model, resolve_device(args.device))
+        if args.backend == "onnxruntime":
+            from petseg.deploy.onnx_export import OnnxPredictor
+
+            predictor = OnnxPredictor(args.model)
+        else:
+            predictor = Predictor(args.model, resolve_device(args.device))
         summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
+    if args.command == "promote":
+        from petseg.deploy.promote import promote_command
+
+        return promote_command(args.model, load_params(args.params).promote.max_species_drop)
     if args.bench == "prepare":
         from petseg.bench.prepare import bench_prepare
 
@@ -124,10 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         for model_name in args.model:
             for size in args.size:
                 bench_train(model_name, size, args.batch_size, args.steps, params)
+    elif args.bench == "accuracy":
+        from petseg.bench.accuracy import bench_accuracy
+
+        overrides = {"prepare.image_size": args.size} | _overrides(args.set)
+        bench_accuracy(args.source, args.model, args.budget, load_params(args.params, overrides))
     elif args.bench == "infer":
         from petseg.bench.infer import bench_infer
 
-        bench_infer(args.model, args.images, args.batch_size)
+        bench_infer(args.model, args.images, args.batch_size, args.size)
     else:
         from petseg.bench.baseline import bench_baseline
 

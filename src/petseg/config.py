@@ -29,6 +29,7 @@ RESULT_NEUTRAL = frozenset(
         "train.common.num_workers",
         "evaluate.batch_size",
         "tracking.experiment",
+        "promote.max_species_drop",  # read by `petseg promote`, which is no DVC stage
     }
 )
 
@@ -123,11 +124,17 @@ class TrainCommonConfig:
     threads: int  # torch intra-op threads; 0 = one per core
     num_workers: int
     nproc: int  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
-    select_by: Literal["dice", "loss"]
+    select_by: Literal["dice", "loss", "last"]  # which epoch's weights become models/<model>.pt
+    max_minutes: float  # time budget for training; 0 = none (then only `epochs` bounds it)
+    progressive_scale: float  # train at this fraction of the prepared size first (1 = always at the prepared size)
+    progressive_until: float  # ... until this fraction of the training (epochs or budget) has passed
     augment: AugmentConfig
     loss: LossConfig
 
     def validate(self, key: str) -> None:
+        _check(self.max_minutes >= 0, f"{key}.max_minutes", ">= 0 (0 = no time budget)", self.max_minutes)
+        _check(0 < self.progressive_scale <= 1, f"{key}.progressive_scale", "in (0, 1]", self.progressive_scale)
+        _check(0 <= self.progressive_until <= 1, f"{key}.progressive_until", "in [0, 1]", self.progressive_until)
         _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
         _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
         _check(self.nproc >= 1, f"{key}.nproc", ">= 1", self.nproc)
@@ -139,14 +146,18 @@ class ModelTrainConfig:
 
     epochs: int
     batch_size: int
+    optimizer: Literal["adam", "adamw"]
     lr: float
     weight_decay: float
+    schedule: Literal["plateau", "cosine"]  # plateau: ReduceLROnPlateau; cosine: warm-up then cosine to 0
+    warmup_epochs: int  # cosine only
     plateau_patience: int
     plateau_factor: float
     early_stop_patience: int  # epochs without improvement; 0 = never stop early
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", ">= 1", self.epochs)
+        _check(0 <= self.warmup_epochs < self.epochs, f"{key}.warmup_epochs", "in [0, epochs)", self.warmup_epochs)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
         _check(self.lr > 0, f"{key}.lr", "> 0", self.lr)
         _check(self.weight_decay >= 0, f"{key}.weight_decay", ">= 0", self.weight_decay)
@@ -211,10 +222,13 @@ class TrainConfig:
 class EvaluateConfig:
     threshold: float
     batch_size: int
+    tta: Literal["none", "hflip"]  # test-time augmentation: average with the horizontally flipped photo
+    boundary_px: int  # half-width of the band around the pet's outline that the boundary score looks at
 
     def validate(self, key: str) -> None:
         _check(0 < self.threshold < 1, f"{key}.threshold", "in (0, 1)", self.threshold)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
+        _check(self.boundary_px >= 1, f"{key}.boundary_px", ">= 1", self.boundary_px)
 
 
 @dataclass(frozen=True)
@@ -225,6 +239,14 @@ class InferConfig:
     def validate(self, key: str) -> None:
         _check(self.limit >= 0, f"{key}.limit", ">= 0 (0 = all)", self.limit)
         _check(self.grid_rows >= 1, f"{key}.grid_rows", ">= 1", self.grid_rows)
+
+
+@dataclass(frozen=True)
+class PromoteConfig:
+    max_species_drop: float  # `petseg promote`: most a species' test Dice may fall below the champion's
+
+    def validate(self, key: str) -> None:
+        _check(0 <= self.max_species_drop <= 1, f"{key}.max_species_drop", "in [0, 1]", self.max_species_drop)
 
 
 @dataclass(frozen=True)
@@ -241,12 +263,15 @@ class Params:
     train: TrainConfig
     evaluate: EvaluateConfig
     infer: InferConfig
+    promote: PromoteConfig
     tracking: TrackingConfig
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if raw is None:
-        raise ConfigError(f"{source}: empty (every section is required: prepare, train, evaluate, infer, tracking)")
+        raise ConfigError(
+            f"{source}: empty (every section is required: prepare, train, evaluate, infer, promote, tracking)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping of sections (got {type(raw).__name__})")
     try:

@@ -31,13 +31,18 @@ def plot_curves(history: list[dict], keys: dict[str, str], title: str, ylabel: s
 
 
 def plot_model_comparison(metrics: dict[str, dict[str, float]], keys: list[str], path: Path) -> None:
-    """Grouped bars: one group per metric, one bar per model."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Grouped bars: one group per metric, one bar per model; a ``<key>_ci95`` entry draws an error bar."""
+    fig, ax = plt.subplots(figsize=(8, 4))
     models = list(metrics)
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
         values = [metrics[model].get(key, 0.0) for key in keys]
-        bars = ax.bar([k + i * width for k in range(len(keys))], values, width, label=model)
+        errors = [[0.0] * len(keys), [0.0] * len(keys)]
+        for k, key in enumerate(keys):
+            if interval := metrics[model].get(f"{key}_ci95"):
+                errors[0][k], errors[1][k] = values[k] - interval[0], interval[1] - values[k]
+        positions = [k + i * width for k in range(len(keys))]
+        bars = ax.bar(positions, values, width, yerr=errors, capsize=3, label=model)
         ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))], keys, rotation=20)
     ax.set(ylim=(0, 1.05), ylabel="score", title="Test set: models compared")

@@ -151,6 +151,10 @@ class Tracker:
         same_experiment = f" AND tags.`dvc.exp_name` = '{dvc_experiment_name()}'"
         return self._safe("search_runs", lambda: search(same_experiment) or search(""))
 
+    def best_effort(self, what: str, call: Callable[[Any], Any]) -> Any:
+        """``call(mlflow)`` inside this run; a failure warns once and turns tracking off, like every call here."""
+        return self._safe(what, lambda: call(self._mlflow))
+
     def log_params(self, params: dict[str, Any]) -> None:
         clean = {k: ("null" if v is None else v) for k, v in params.items()}
         self._safe("log_params", lambda: self._mlflow.log_params(clean))

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from petseg.data.layout import IGNORE
-from petseg.evaluation.metrics import confusion_counts
+from petseg.evaluation.metrics import confusion_counts, outline_band
 from petseg.progress import progress
 from petseg.runtime import autocast_context
+
+
+@dataclass(frozen=True)
+class PassResult:
+    counts: torch.Tensor  # (N, 4) per-image confusion counts
+    band_counts: torch.Tensor  # (N, 4) the same, restricted to the band around the outline (zeros without one)
+    mean_loss: float  # NaN without a loss function
+
+
+def _probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, amp, tta: bool):
+    """(logits, pet probabilities); with ``tta`` the probabilities average the photo and its mirror image."""
+    with autocast_context(device, amp):
+        logits = model(images)
+        if not tta:
+            return logits, torch.sigmoid(logits.float())
+        mirrored = model(torch.flip(images, dims=[-1]))
+    return logits, (torch.sigmoid(logits.float()) + torch.sigmoid(torch.flip(mirrored.float(), dims=[-1]))) / 2
 
 
 @torch.no_grad()
@@ -23,19 +40,26 @@ def evaluate_loader(
     loss_fn: nn.Module | None = None,
     amp: str | bool = False,
     desc: str = "eval",
-) -> tuple[torch.Tensor, float]:
-    """Per-image confusion counts (N, 4) and the mean loss (NaN without ``loss_fn``)."""
+    boundary_px: int = 0,
+    tta: bool = False,
+) -> PassResult:
+    """Per-image confusion counts, overall and (``boundary_px`` > 0) near the outline, and the mean loss."""
     model.eval()
     # Kept on the device until the end: reading them per batch would sync a GPU on every batch.
-    counts, loss_sum, seen = [], torch.zeros((), dtype=torch.float64, device=device), 0
-    logit_threshold = math.log(threshold / (1 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    counts, bands, loss_sum, seen = [], [], torch.zeros((), dtype=torch.float64, device=device), 0
     for images, masks in progress(loader, desc=desc, unit=" batch"):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with autocast_context(device, amp):
-            logits = model(images)
+        logits, probabilities = _probabilities(model, images, device, amp, tta)
         if loss_fn is not None:
             loss_sum += loss_fn(logits, masks).double() * len(images)
-        counts.append(confusion_counts(logits.float() > logit_threshold, masks, IGNORE))
+        predicted = probabilities > threshold
+        counts.append(confusion_counts(predicted, masks, IGNORE))
+        if boundary_px:
+            band_masks = torch.where(outline_band(masks, boundary_px, IGNORE), masks, IGNORE)
+            bands.append(confusion_counts(predicted, band_masks, IGNORE))
         seen += len(images)
     mean_loss = loss_sum.item() / seen if loss_fn is not None and seen else float("nan")
-    return torch.cat(counts).cpu() if counts else torch.zeros(0, 4, dtype=torch.long), mean_loss
+    empty = torch.zeros(0, 4, dtype=torch.long)
+    all_counts = torch.cat(counts).cpu() if counts else empty
+    band_counts = torch.cat(bands).cpu() if bands else torch.zeros_like(all_counts)
+    return PassResult(all_counts, band_counts, mean_loss)

@@ -8,14 +8,16 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from petseg.config import EvaluateConfig
 from petseg.data.dataset import PreparedSplit
-from petseg.evaluation.loop import evaluate_loader
-from petseg.evaluation.metrics import per_image_scores, summarize
+from petseg.evaluation.loop import PassResult, evaluate_loader
+from petseg.evaluation.metrics import bootstrap_ci, degenerate_counts, per_image_scores, summarize
 from petseg.evaluation.predictor import Predictor
 
 HEADLINE = (
     "dice_per_image",
     "iou_per_image",
+    "boundary_dice_per_image",
     "dice_dataset",
     "iou_dataset",
     "accuracy_dataset",
@@ -25,22 +27,51 @@ HEADLINE = (
 
 
 def score_split(
-    predictor: Predictor, prepared_dir: Path, split: str, threshold: float, batch_size: int, desc: str
-) -> tuple[torch.Tensor, list[dict]]:
-    """Per-image confusion counts (N, 4) for ``split`` and its rows (name, species, breed, ...)."""
+    predictor: Predictor, prepared_dir: Path, split: str, cfg: EvaluateConfig, desc: str, tta: bool
+) -> tuple[PassResult, list[dict]]:
+    """Per-image confusion counts for ``split`` (overall and near the outline) and its rows (name, species, ...)."""
     dataset = PreparedSplit(prepared_dir, split, predictor.transform)
-    loader = DataLoader(dataset, batch_size=batch_size)
-    counts, _ = evaluate_loader(predictor.model, loader, predictor.device, threshold, desc=desc)
-    return counts, dataset.rows
+    loader = DataLoader(dataset, batch_size=cfg.batch_size)
+    model, device = predictor.model, predictor.device
+    result = evaluate_loader(model, loader, device, cfg.threshold, desc=desc, boundary_px=cfg.boundary_px, tta=tta)
+    return result, dataset.rows
+
+
+def evaluate_model(predictor: Predictor, prepared_dir: Path, cfg: EvaluateConfig) -> tuple[dict, PassResult, list]:
+    """metrics.json's entry for one model on the test split; with TTA, also its Dice without (the TTA effect)."""
+    tta = cfg.tta == "hflip"
+    result, rows = score_split(predictor, prepared_dir, "test", cfg, f"evaluate {predictor.name}", tta)
+    metrics = model_metrics(result, rows)
+    if tta:
+        plain, _ = score_split(predictor, prepared_dir, "test", cfg, f"evaluate {predictor.name} (no TTA)", False)
+        metrics["dice_per_image_no_tta"] = round(summarize(plain.counts)["dice_per_image"], 6)
+    return metrics, result, rows
+
+
+def degenerate_warning(name: str, metrics: dict) -> str | None:
+    """A line to print when a model predicts no pet (or only pet) on most images: its scores flatter it."""
+    images = metrics["images"]
+    for key, what in (("empty_predictions", "no pet"), ("full_predictions", "nothing but pet")):
+        if metrics[key] * 2 > images:
+            return f"{name} predicts {what} on {metrics[key]} of {images} test images; it has collapsed"
+    return None
 
 
 def _rounded(scores: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in scores.items()}
 
 
-def model_metrics(counts: torch.Tensor, rows: list[dict]) -> dict:
-    """Overall scores plus a per-species breakdown, for metrics.json."""
+def model_metrics(result: PassResult, rows: list[dict]) -> dict:
+    """Overall scores, the boundary score, a 95 % bootstrap interval on the per-image Dice, degenerate predictions,
+    and a per-species breakdown, for metrics.json."""
+    counts = result.counts
     out = _rounded(summarize(counts))
+    out["dice_per_image_ci95"] = [round(v, 6) for v in bootstrap_ci(per_image_scores(counts)["dice"].numpy())]
+    with_outline = result.band_counts.sum(1) > 0  # an image without a pet has no outline to score
+    band = summarize(result.band_counts[with_outline])
+    out["boundary_dice_per_image"] = round(band.get("dice_per_image", float("nan")), 6)
+    out["boundary_iou_per_image"] = round(band.get("iou_per_image", float("nan")), 6)
+    out |= degenerate_counts(counts)
     species = sorted({row["species"] for row in rows})
     out["species"] = {
         kind: _rounded(

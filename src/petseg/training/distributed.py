@@ -10,8 +10,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from petseg.config import TrainCommonConfig
 from petseg.errors import PetsegError
+from petseg.runtime import resolve_device
 
 # NCCL carries CUDA tensors only. DDP's gradients go through it; the small collectives below (loss sums, the stop
 # vote, gathered confusion counts) are CPU tensors, which on a GPU run travel through gloo beside it.
@@ -74,3 +78,22 @@ def per_process_batch(batch_size: int, context: Context, key: str) -> int:
     if batch_size % context.world_size:
         raise PetsegError(f"{key}: {batch_size} does not split evenly over {context.world_size} processes")
     return batch_size // context.world_size
+
+
+def training_device(name: str, context: Context) -> torch.device:
+    """``train.common.device`` resolved; under torchrun on GPUs, this process's own GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and context.active:
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def place_model(model: nn.Module, device: torch.device, context: Context, common: TrainCommonConfig):
+    """(the model on ``device``, what training calls: wrapped in DDP across processes, compiled if asked)."""
+    model = model.to(device)
+    if common.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp_devices = [device] if device.type == "cuda" else None
+    wrapped = DistributedDataParallel(model, device_ids=ddp_devices) if context.active else model
+    return model, torch.compile(wrapped) if common.compile else wrapped

@@ -27,10 +27,11 @@ def write_training_reports(state: TrainState, out_dir: Path) -> list[Path]:
     metrics = {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
+        "stopped_by": state.stopped_by or "epochs",
         **{k: round(best[k], 6) for k in ("train_loss", "val_loss", "val_dice", "val_iou")},
     }
     timing = {
-        "total_seconds": round(sum(row["epoch_seconds"] for row in state.history), 2),
+        "total_seconds": round(state.elapsed_seconds, 2),
         "images_per_second": round(sum(r["images_per_second"] for r in state.history) / len(state.history), 3),
     }
     paths = {name: out_dir / name for name in ("metrics.json", "timing.json", "history.csv", "loss.png", "dice.png")}
@@ -48,3 +49,13 @@ def write_training_reports(state: TrainState, out_dir: Path) -> list[Path]:
         paths["dice.png"],
     )
     return list(paths.values())
+
+
+def epoch_line(row: dict[str, float], epochs: int, best: bool) -> str:
+    """One epoch's progress line."""
+    return (
+        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} "
+        f"val_loss {row['val_loss']:.4f} val_dice {row['val_dice']:.4f} val_iou {row['val_iou']:.4f} "
+        f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
+        + (" *best" if best else "")
+    )

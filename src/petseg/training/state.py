@@ -23,6 +23,8 @@ class TrainState:
     best_epoch: int = 0
     best_score: float = -math.inf
     epochs_without_improvement: int = 0
+    elapsed_seconds: float = 0.0  # training time so far (what a time budget counts)
+    stopped_by: str = ""  # "", "early stop" or "time budget"
 
 
 @dataclass(frozen=True)

@@ -16,18 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from petseg.config import Params
 from petseg.data.dataset import PreparedSplit
-from petseg.data.device_augment import BatchTransform, training_augmentation
+from petseg.data.device_augment import BatchTransform
 from petseg.data.layout import IGNORE, read_meta
-from petseg.data.transforms import eval_transforms
 from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
-from petseg.evaluation.metrics import summarize
-from petseg.models import build_model, model_from_weights, normalization
+from petseg.evaluation.metrics import degenerate_counts, summarize
+from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_count, save_checkpoint
 from petseg.progress import progress
 from petseg.runtime import (
@@ -35,20 +33,15 @@ from petseg.runtime import (
     configure_threads,
     loader_workers,
     make_deterministic,
-    resolve_device,
     seed_everything,
 )
-from petseg.training.distributed import Context, per_process_batch
+from petseg.schema import to_flat_dict
+from petseg.training.distributed import Context, per_process_batch, place_model, training_device
+from petseg.training.loaders import downsized, training_datasets
 from petseg.training.losses import BCEDiceLoss
+from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
+from petseg.training.reports import epoch_line
 from petseg.training.state import TrainPaths, TrainState, cpu_state_dict, run_fingerprint
-
-
-def _training_device(name: str, context: Context) -> torch.device:
-    device = resolve_device(name)
-    if device.type == "cuda" and context.active:
-        device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 class Trainer:
@@ -60,31 +53,27 @@ class Trainer:
         self.common, self.cfg = params.train.common, params.train.model(name)
         configure_threads(self.common.threads)
         make_deterministic()
-        self.device = _training_device(self.common.device, self.context)
+        self.device = training_device(self.common.device, self.context)
         seed_everything(self.common.seed)
         self.model_params = self.cfg.model_params()
-        self.model = build_model(name, **self.model_params).to(self.device)
-        if self.common.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        ddp_devices = [self.device] if self.device.type == "cuda" else None
-        wrapped = DistributedDataParallel(self.model, device_ids=ddp_devices) if self.context.active else self.model
-        self.forward = torch.compile(wrapped) if self.common.compile else wrapped
-        self.loss_fn = BCEDiceLoss(self.common.loss.bce_weight, self.common.loss.dice_weight, ignore_index=IGNORE)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.maximize = self.common.select_by == "dice"
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer,
-            mode="max" if self.maximize else "min",
-            factor=self.cfg.plateau_factor,
-            patience=self.cfg.plateau_patience,
+        self.model, self.forward = place_model(
+            build_model(name, **self.model_params), self.device, self.context, self.common
         )
+        self.loss_fn = BCEDiceLoss(self.common.loss.bce_weight, self.common.loss.dice_weight, ignore_index=IGNORE)
+        self.optimizer = build_optimizer(self.cfg, self.model)
+        self.maximize = self.common.select_by != "loss"
+        self.schedule: WarmupCosine | EpochPlateau | None = None  # built by fit(), which knows the steps per epoch
+        self.budget_s = self.common.max_minutes * 60
+        self._epoch_started = time.perf_counter()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.common.amp == "fp16")
         self.state = TrainState()
         self.best_weights = cpu_state_dict(self.model)
         self.batch_size = per_process_batch(self.cfg.batch_size, self.context, f"train.{name}.batch_size")
         self.workers = loader_workers(self.common.num_workers, self.device)
+        self.pin_memory = self.device.type == "cuda"
         self.image_size = 0  # known once fit() reads the prepared data
         self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
+        self.train_size = 0  # progressive resizing: the size batches are trained at this epoch; 0 = as they come
 
     def say(self, message: str) -> None:
         if self.context.is_main:
@@ -109,6 +98,8 @@ class Trainer:
             images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
             if augment is not None:
                 images, masks = augment(images, masks)
+            if self.train_size and images.shape[-1] != self.train_size:
+                images, masks = downsized(images, masks, self.train_size)
             if self.common.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_context(self.device, self.common.amp):
@@ -117,6 +108,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.schedule is not None:
+                self.schedule.step(self.elapsed_seconds())
             loss_sum += loss.detach().double() * len(images)
             seen += len(images)
             if step % check_every == 0:
@@ -127,6 +120,10 @@ class Trainer:
         total_loss, total_seen = self.context.sum(loss_sum.item(), seen)
         return total_loss, int(total_seen)
 
+    def elapsed_seconds(self) -> float:
+        """Training time of this run so far, the current epoch included (resumed runs count their earlier time)."""
+        return self.state.elapsed_seconds + time.perf_counter() - self._epoch_started
+
     def _check_loss(self, value: float, seen: int, epoch: int, checked: int, step: int, bar) -> None:
         # Every process must agree to stop, or the others would wait forever in the next all-reduce.
         if not self.context.all_true(math.isfinite(value)):
@@ -135,22 +132,24 @@ class Trainer:
             raise PetsegError(f"loss became {what} at epoch {epoch}, {steps}")
         bar.set_postfix(loss=f"{value / seen:.4f}")
 
-    def validate(self, loader: DataLoader) -> dict[str, float]:
-        """Validation loss and scores, reduced over every process."""
-        counts, val_loss = evaluate_loader(
-            self.model, loader, self.device, 0.5, self.loss_fn, self.common.amp, desc="validate"
-        )
-        (val_loss_sum,) = self.context.sum(val_loss * len(counts) if len(counts) else 0.0)
-        counts = self.context.gather(counts)
+    def validate(self, loader: DataLoader, epoch: int = 0) -> dict[str, float]:
+        """Validation loss and scores, reduced over every process; warns when the model predicts no pet at all."""
+        result = evaluate_loader(self.model, loader, self.device, 0.5, self.loss_fn, self.common.amp, desc="validate")
+        (val_loss_sum,) = self.context.sum(result.mean_loss * len(result.counts) if len(result.counts) else 0.0)
+        counts = self.context.gather(result.counts)
+        empty = degenerate_counts(counts)["empty_predictions"]
+        if empty * 2 > len(counts):
+            self.say(f"warning: epoch {epoch}: no pet predicted on {empty} of {len(counts)} validation images")
         scores = summarize(counts)
         dice, iou = scores["dice_per_image"], scores["iou_per_image"]
         return {"val_loss": val_loss_sum / len(counts), "val_dice": dice, "val_iou": iou}
 
     def record(self, row: dict[str, float]) -> None:
         """Step the scheduler on the epoch's validation result and keep the best weights."""
-        score = row["val_dice"] if self.maximize else -row["val_loss"]
-        self.scheduler.step(row["val_dice"] if self.maximize else row["val_loss"])
+        score = {"dice": row["val_dice"], "loss": -row["val_loss"], "last": row["epoch"]}[self.common.select_by]
+        self.schedule.epoch_end(row["val_loss"] if self.common.select_by == "loss" else row["val_dice"])
         self.state.epoch = row["epoch"]
+        self.state.elapsed_seconds += row["epoch_seconds"]
         self.state.history.append(row)
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, row["epoch"]
@@ -176,11 +175,27 @@ class Trainer:
         return PetsegError(f"train_{self.name}: {what}; lower train.{self.name}.lr or check the data. {kept}")
 
     def should_stop(self) -> bool:
+        if self.budget_s and self.state.elapsed_seconds >= self.budget_s:
+            minutes = self.state.elapsed_seconds / 60
+            self.say(
+                f"time budget reached: {minutes:.1f} of {self.common.max_minutes:g} minutes, {self.state.epoch} epochs"
+            )
+            self.state.stopped_by = "time budget"
+            return True
         patience = self.cfg.early_stop_patience
         if patience and self.state.epochs_without_improvement >= patience:
             self.say(f"early stop, no improvement for {self.state.epochs_without_improvement} epochs")
+            self.state.stopped_by = "early stop"
             return True
         return False
+
+    def _resumable(self) -> dict:
+        return {
+            "state_dict": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.schedule,
+            "scaler": self.scaler,
+        }
 
     def resume(self, path: Path, fingerprint: str) -> None:
         """Continue from a resume point of the very same run; anything else starts over."""
@@ -190,61 +205,45 @@ class Trainer:
         if saved.get("fingerprint") != fingerprint:
             self.say(f"{path} is from other params or data; starting over")
             return
-        self.model.load_state_dict(saved["state_dict"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.scaler.load_state_dict(saved["scaler"])
-        self.state = TrainState(**saved["train_state"])
-        self.best_weights = saved["best_state_dict"]
+        for key, part in self._resumable().items():
+            part.load_state_dict(saved[key])
+        self.state, self.best_weights = TrainState(**saved["train_state"]), saved["best_state_dict"]
         self.saved_epoch = self.state.epoch
         self.say(f"resuming after epoch {self.state.epoch} from {path}")
 
     def save_resume_point(self, path: Path, fingerprint: str) -> None:
-        save_checkpoint(
-            path,
-            {
-                "fingerprint": fingerprint,
-                "state_dict": cpu_state_dict(self.model),
-                "best_state_dict": self.best_weights,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "train_state": asdict(self.state),
-            },
-        )
+        parts = {key: part.state_dict() for key, part in self._resumable().items()}
+        parts["state_dict"] = cpu_state_dict(self.model)
+        extra = {"fingerprint": fingerprint, "best_state_dict": self.best_weights, "train_state": asdict(self.state)}
+        save_checkpoint(path, parts | extra)
         self.saved_epoch = self.state.epoch
 
-    def _datasets(self, prepared_dir: Path, size: int) -> tuple[PreparedSplit, DataLoader, BatchTransform | None]:
-        mean, std = normalization(self.model_params)
-        train_transform, device_augment = training_augmentation(self.common.augment, size, mean, std)
-        train_set = PreparedSplit(prepared_dir, "train", train_transform)
-        valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
-        if len(train_set) < self.cfg.batch_size or len(valid_set) == 0:
-            raise PetsegError(
-                f"{prepared_dir}: {len(train_set)} train / {len(valid_set)} valid samples, too few for "
-                f"train.{self.name}.batch_size {self.cfg.batch_size}; check reports/prepare.json"
-            )
+    def _valid_loader(self, valid_set: PreparedSplit) -> DataLoader:
         rank, world = self.context.rank, self.context.world_size
-        valid_shard = Subset(valid_set, range(rank, len(valid_set), world))
-        pin = self.device.type == "cuda"
-        valid_loader = DataLoader(valid_shard, batch_size=self.batch_size, num_workers=self.workers, pin_memory=pin)
-        return train_set, valid_loader, device_augment
+        shard = Subset(valid_set, range(rank, len(valid_set), world))
+        return DataLoader(shard, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.pin_memory)
 
     def fit(self, prepared_dir: Path, paths: TrainPaths, tracker=None) -> TrainState:
         """Train to ``epochs`` (or an early stop), checkpointing every epoch; writes the best model at the end."""
         meta = read_meta(prepared_dir)
         self.image_size = meta["image_size"]
-        train_set, valid_loader, device_augment = self._datasets(prepared_dir, self.image_size)
+        train_set, valid_set, device_augment = training_datasets(
+            prepared_dir, self.image_size, self.name, self.cfg, self.common
+        )
+        valid_loader = self._valid_loader(valid_set)
         fingerprint = run_fingerprint(self.name, self.params, meta)
-        self.resume(paths.last, fingerprint)
         # The same sampler with one process or many: the global batches are the same sets of images either way.
         sampler = DistributedSampler(
             train_set, self.context.world_size, self.context.rank, shuffle=True, seed=self.common.seed, drop_last=True
         )
+        self.schedule = build_schedule(
+            self.cfg, self.optimizer, self.maximize, len(sampler) // self.batch_size, self.budget_s
+        )
+        self.resume(paths.last, fingerprint)
         for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
             if self.should_stop():
                 break
-            started = time.perf_counter()
+            started = self._epoch_started = time.perf_counter()
             # Per-epoch seeds: a resumed run replays exactly the augmentations of an uninterrupted one.
             epoch_seed = self.common.seed * 100_003 + epoch * 1_009 + self.context.rank
             torch.manual_seed(epoch_seed)
@@ -255,16 +254,17 @@ class Trainer:
                 sampler=sampler,
                 drop_last=True,
                 num_workers=self.workers,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.pin_memory,
                 generator=torch.Generator().manual_seed(epoch_seed),
             )
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
+            self.train_size = self._progressive_size(epoch)
             try:
                 loss_sum, seen = self.train_one_epoch(loader, epoch, augment)
             except PetsegError as err:
                 raise self._diverged(str(err), paths) from None
             train_seconds = time.perf_counter() - started
-            row = {"epoch": epoch, "train_loss": loss_sum / seen} | self.validate(valid_loader)
+            row = {"epoch": epoch, "train_loss": loss_sum / seen} | self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
@@ -273,13 +273,23 @@ class Trainer:
                 self.save_resume_point(paths.last, fingerprint)
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            self.say(self._epoch_line(row))
+            self.say(epoch_line(row, self.cfg.epochs, self.state.best_epoch == row["epoch"]))
         # Written once at the end (a resumed or already finished run too): its presence means a finished run.
         if self.context.is_main:
             payload = model_payload(self.name, self.model_params, meta["image_size"], self.best_weights)
-            save_checkpoint(paths.best, payload | {"epoch": self.state.best_epoch})
+            recipe = to_flat_dict(self.common, "train.common.") | to_flat_dict(self.cfg, f"train.{self.name}.")
+            save_checkpoint(paths.best, payload | {"epoch": self.state.best_epoch, "recipe": recipe})
         self.context.barrier()
         return self.state
+
+    def _progressive_size(self, epoch: int) -> int:
+        """The smaller training size (a multiple of 32) while less than ``progressive_until`` of the training has
+        passed, else 0 (the prepared size)."""
+        by_epochs = (epoch - 1) / self.cfg.epochs
+        by_time = self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0
+        size = max(32, round(self.image_size * self.common.progressive_scale / 32) * 32)
+        early = max(by_epochs, by_time) < self.common.progressive_until
+        return size if early and size < self.image_size else 0
 
     def best_model(self) -> nn.Module:
         """The best epoch's weights in a fresh eval-mode CPU model (no DDP or compile wrapper)."""
@@ -287,11 +297,3 @@ class Trainer:
 
     def example_input(self) -> np.ndarray:
         return np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
-
-    def _epoch_line(self, row: dict[str, float]) -> str:
-        return (
-            f"epoch {row['epoch']}/{self.cfg.epochs} train_loss {row['train_loss']:.4f} "
-            f"val_loss {row['val_loss']:.4f} val_dice {row['val_dice']:.4f} val_iou {row['val_iou']:.4f} "
-            f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
-            + (" *best" if self.state.best_epoch == row["epoch"] else "")
-        )

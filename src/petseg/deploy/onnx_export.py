@@ -1,0 +1,93 @@
+"""ONNX export of a trained model (dynamic batch and image size), checked against PyTorch on real test photos, and
+an ONNX Runtime predictor with the Predictor's interface."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from petseg.data.transforms import eval_transforms
+from petseg.errors import PetsegError
+from petseg.fileio import atomic_file
+from petseg.models.checkpoint import load_trained_model
+
+OPSET = 18
+MAX_LOGIT_DIFF = 1e-4
+MIN_MASK_AGREEMENT = 0.9999
+
+
+def normalized(images: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> the float batch the model takes."""
+    batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+    return eval_transforms(mean, std)(tv_tensors.Image(batch)).as_subclass(torch.Tensor)
+
+
+def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: float) -> dict:
+    """Write ``out`` (atomically) and return the parity report; parity below the bar is one error with the numbers."""
+    import onnxruntime as ort  # imported here: the rest of petseg runs without it
+
+    trained = load_trained_model(checkpoint)
+    batch = normalized(photos, trained.mean, trained.std)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    # The UNets halve the size five times: any multiple of 32 works, which is what the dims below say.
+    height, width = torch.export.Dim("height", min=1, max=512), torch.export.Dim("width", min=1, max=512)
+    program = torch.onnx.export(
+        trained.model,
+        (batch,),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: batch_dim, 2: 32 * height, 3: 32 * width}},
+        opset_version=OPSET,
+        verbose=False,
+    )
+    meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size)}
+    meta |= {"petseg.mean": json.dumps(trained.mean), "petseg.std": json.dumps(trained.std)}
+    for key, value in meta.items():
+        entry = program.model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    with atomic_file(out, "wb") as handle:
+        handle.write(program.model_proto.SerializeToString())
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = trained.model(batch).numpy()
+    got = session.run(None, {"image": batch.numpy()})[0]
+    return parity(expected, got, threshold, out)
+
+
+def parity(expected: np.ndarray, got: np.ndarray, threshold: float, where: Path) -> dict:
+    logit = float(np.log(threshold / (1 - threshold)))
+    max_diff = float(np.abs(expected - got).max())
+    agreement = float(np.mean((expected > logit) == (got > logit)))
+    report = {"opset": OPSET, "max_abs_logit_diff": max_diff, "mask_agreement": agreement, "images": len(expected)}
+    if max_diff > MAX_LOGIT_DIFF or agreement < MIN_MASK_AGREEMENT:
+        raise PetsegError(
+            f"{where}: ONNX Runtime disagrees with PyTorch: max |logit difference| {max_diff:.3g} (allowed "
+            f"{MAX_LOGIT_DIFF:g}), masks agree on {agreement:.6%} of pixels (needed {MIN_MASK_AGREEMENT:.2%})"
+        )
+    return report
+
+
+class OnnxPredictor:
+    """An exported model run by ONNX Runtime, fed exactly as :class:`~petseg.evaluation.predictor.Predictor`."""
+
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        path = Path(path)
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.name, self.image_size = meta["petseg.model"], int(meta["petseg.image_size"])
+            self.mean, self.std = tuple(json.loads(meta["petseg.mean"])), tuple(json.loads(meta["petseg.std"]))
+        except Exception as err:  # onnxruntime raises its own exception types for a bad file
+            raise PetsegError(f"{path}: not a petseg ONNX export ({str(err).splitlines()[0][:200]})") from None
+
+    def probabilities(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (N, S, S, 3) at the training size -> float (N, S, S) pet probabilities."""
+        logits = self.session.run(None, {"image": normalized(images, self.mean, self.std).numpy()})[0]
+        return torch.sigmoid(torch.from_numpy(logits))[:, 0]

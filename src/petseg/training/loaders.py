@@ -1,0 +1,38 @@
+"""The datasets one training run reads: the train split augmented, the valid split as evaluation sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from petseg.config import ModelTrainConfig, TrainCommonConfig
+from petseg.data.dataset import PreparedSplit
+from petseg.data.device_augment import BatchTransform, training_augmentation
+from petseg.data.transforms import eval_transforms
+from petseg.errors import PetsegError
+from petseg.models import normalization
+
+
+def training_datasets(
+    prepared_dir: Path, size: int, name: str, cfg: ModelTrainConfig, common: TrainCommonConfig
+) -> tuple[PreparedSplit, PreparedSplit, BatchTransform | None]:
+    """(train set, valid set, on-device augmentation or None); too few samples is one line."""
+    mean, std = normalization(cfg.model_params())
+    train_transform, device_augment = training_augmentation(common.augment, size, mean, std)
+    train_set = PreparedSplit(prepared_dir, "train", train_transform)
+    valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
+    if len(train_set) < cfg.batch_size or len(valid_set) == 0:
+        raise PetsegError(
+            f"{prepared_dir}: {len(train_set)} train / {len(valid_set)} valid samples, too few for "
+            f"train.{name}.batch_size {cfg.batch_size}; check reports/prepare.json"
+        )
+    return train_set, valid_set, device_augment
+
+
+def downsized(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch at ``size``: photos antialiased, masks nearest (labels stay labels)."""
+    images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+    masks = F.interpolate(masks.float(), size=(size, size), mode="nearest").to(masks.dtype)
+    return images, masks

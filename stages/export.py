@@ -1,0 +1,34 @@
+"""DVC stage `export`: each best checkpoint as ONNX (dynamic batch and size), checked against PyTorch on test photos."""
+
+from __future__ import annotations
+
+import sys
+
+from petseg.config import MODEL_NAMES, load_params
+from petseg.data.dataset import PreparedSplit
+from petseg.deploy.onnx_export import export_onnx
+from petseg.errors import exits_cleanly
+from petseg.fileio import ensure_writable, write_json
+from petseg.pipeline import MODELS_DIR, PREPARED_DIR, REPORTS_DIR, checkpoint_path
+
+OUT_DIR = REPORTS_DIR / "export"
+PARITY_PHOTOS = 16  # test photos the exported model must agree on
+
+
+@exits_cleanly
+def main() -> None:
+    params = load_params()
+    test = PreparedSplit(PREPARED_DIR, "test").require_samples("check the export on")
+    ensure_writable(OUT_DIR)
+    for name in MODEL_NAMES:
+        onnx_path = MODELS_DIR / f"{name}.onnx"
+        report = export_onnx(checkpoint_path(name), onnx_path, test.images[:PARITY_PHOTOS], params.evaluate.threshold)
+        write_json(OUT_DIR / f"{name}.json", report)
+        print(
+            f"export: {name}: {onnx_path} (opset {report['opset']}); on {report['images']} test photos max |logit "
+            f"difference| {report['max_abs_logit_diff']:.2e}, masks agree on {report['mask_agreement']:.4%}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
