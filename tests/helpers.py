@@ -184,8 +184,8 @@ TINY_PARAMS = {
     "prepare": {"image_size": 32, "workers": 2},
     "train": {
         "common": {"num_workers": 0, "threads": 1},
-        "unet": {"base_channels": 4, "epochs": 2, "batch_size": 8, "lr": 0.003},
-        "res34": {"epochs": 1, "batch_size": 8, "lr": 0.003},
+        "unet": {"base_channels": 4, "epochs": 2, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
+        "res34": {"epochs": 1, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
     },
     "evaluate": {"batch_size": 8},
     "infer": {"limit": 6, "grid_rows": 2},

@@ -83,9 +83,11 @@ def log_evaluation(params: Params, model: str, metrics: dict, outputs: list[Path
 def write_model_card(model: str, metrics: dict, eval_images_per_second: float, out: Path) -> Path:
     """reports/cards/<model>.md from what the pipeline wrote: prepare's report, the checkpoint's recipe, the
     evaluation, and the speeds measured in training and evaluation."""
-    prepared = json.loads((REPORTS_DIR / "prepare.json").read_text())
-    meta = read_meta(PREPARED_DIR)
-    data = prepared | {"split_hash": meta["split_lists"], "source": prepared.get("source", "unknown")}
+    meta = read_meta(PREPARED_DIR)  # counts, size, boundary rule and split hash travel with the data itself
+    report_path = REPORTS_DIR / "prepare.json"
+    prepared = json.loads(report_path.read_text()) if report_path.exists() else {}
+    data = meta | {"split_hash": meta["split_lists"], "source": prepared.get("source", "unknown")}
+    data["species"] = prepared.get("species", "unknown")
     recipe = load_checkpoint(checkpoint_path(model)).get("recipe", {})
     timing_path = REPORTS_DIR / "train" / model / "timing.json"
     speed = {"evaluation (test split, this machine)": eval_images_per_second}

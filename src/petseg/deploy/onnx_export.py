@@ -13,7 +13,7 @@ from torchvision import tv_tensors
 from petseg.data.transforms import eval_transforms
 from petseg.errors import PetsegError
 from petseg.fileio import atomic_file
-from petseg.models.checkpoint import load_trained_model
+from petseg.models.checkpoint import first_line, load_trained_model
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
@@ -35,23 +35,30 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     # The UNets halve the size five times: any multiple of 32 works, which is what the dims below say.
     height, width = torch.export.Dim("height", min=1, max=512), torch.export.Dim("width", min=1, max=512)
-    program = torch.onnx.export(
-        trained.model,
-        (batch,),
-        dynamo=True,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: batch_dim, 2: 32 * height, 3: 32 * width}},
-        opset_version=OPSET,
-        verbose=False,
-    )
+    # Traced at >= 64 px and a batch of 2: a 1-pixel bottleneck or a batch of 1 would be specialised away.
+    side = max(64, trained.image_size)
+    example = torch.zeros(2, 3, side, side)
+    try:
+        program = torch.onnx.export(
+            trained.model,
+            (example,),
+            dynamo=True,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch_dim, 2: 32 * height, 3: 32 * width}},
+            opset_version=OPSET,
+            verbose=False,
+        )
+    except Exception as err:  # the exporter raises its own error types, with pages of advice
+        raise PetsegError(f"{checkpoint}: ONNX export failed ({first_line(err)})") from None
     meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size)}
     meta |= {"petseg.mean": json.dumps(trained.mean), "petseg.std": json.dumps(trained.std)}
+    proto = program.model_proto  # a fresh proto on every access: take it once
     for key, value in meta.items():
-        entry = program.model_proto.metadata_props.add()
+        entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     with atomic_file(out, "wb") as handle:
-        handle.write(program.model_proto.SerializeToString())
+        handle.write(proto.SerializeToString())
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = trained.model(batch).numpy()

@@ -1,0 +1,200 @@
+"""The model's way out: ONNX export with parity, the onnxruntime backend, the photo-taking pyfunc (served for real),
+registry versions and the promotion gate."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import MINI_DATA, free_port, run_stage
+from PIL import Image
+
+from petseg.cli import main as petseg_main
+from petseg.deploy.onnx_export import parity
+from petseg.deploy.pyfunc import decode_png, segment_encoded
+from petseg.deploy.registry import promote
+from petseg.errors import PetsegError
+from petseg.evaluation.predictor import Predictor
+
+NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, prepared_project):
+    """Both tiny models trained and exported once."""
+    project = tmp_path_factory.mktemp("exported")
+    shutil.copytree(prepared_project / "data", project / "data")
+    shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
+    for stage, args in (("train", ["--model", "unet"]), ("train", ["--model", "res34"]), ("export", [])):
+        result = run_stage(stage, project, *args, env=NO_MLFLOW)
+        assert result.returncode == 0, result.stderr
+    return project
+
+
+def test_export_writes_onnx_that_agrees_with_pytorch(exported):
+    for name in ("unet", "res34"):
+        report = json.loads((exported / "reports" / "export" / f"{name}.json").read_text())
+        assert report["opset"] == 18 and report["images"] == 8
+        assert report["max_abs_logit_diff"] <= 1e-4 and report["mask_agreement"] >= 0.9999
+        assert (exported / "models" / f"{name}.onnx").stat().st_size > 10_000
+
+
+def test_parity_below_the_bar_fails_naming_the_numbers(tmp_path):
+    expected = np.zeros((1, 1, 10, 10), dtype=np.float32)
+    with pytest.raises(PetsegError, match=r"max \|logit difference\| 0.01 \(allowed 0.0001\), masks agree on 99\."):
+        parity(expected, expected + np.where(np.arange(100).reshape(1, 1, 10, 10) == 0, 0.01, 0.0), 0.5, tmp_path)
+
+
+def test_onnxruntime_backend_gives_the_same_masks(exported, synthetic_tree, tmp_path, capsys):
+    photos = synthetic_tree / "images"
+    for backend, model in (("torch", "res34.pt"), ("onnxruntime", "res34.onnx")):
+        out = tmp_path / backend
+        args = ["predict", "--model", str(exported / "models" / model), "--out", str(out), "--device", "cpu"]
+        assert petseg_main([*args, "--backend", backend, str(photos)]) == 0
+    capsys.readouterr()
+    torch_masks = sorted((tmp_path / "torch").iterdir())
+    assert len(torch_masks) == 32
+    for path in torch_masks:
+        assert np.array_equal(
+            np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / "onnxruntime" / path.name))
+        )
+
+
+def test_the_pyfunc_answers_each_row_and_a_bad_row_is_an_error_not_a_crash(exported, synthetic_tree):
+    predictor = Predictor(exported / "models" / "unet.pt")
+    photo = base64.b64encode((synthetic_tree / "images" / "Persian_1.jpg").read_bytes()).decode()
+    good = segment_encoded(predictor, photo, 0.5)
+    mask = decode_png(good["mask_png"])
+    assert mask.shape == Image.open(synthetic_tree / "images" / "Persian_1.jpg").size[::-1]
+    assert set(np.unique(mask)) <= {0, 255} and good["foreground_fraction"] == pytest.approx(np.mean(mask > 0))
+    for bad in (base64.b64encode(b"not an image").decode(), "%%% not base64 %%%", 42):
+        row = segment_encoded(predictor, bad, 0.5)
+        assert row["mask_png"] == "" and row["error"].startswith(("not a readable image", "not a readable"))
+
+
+def _version(client, model: str, tags: dict) -> str:
+    name = f"petseg-{model}"
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    return client.create_model_version(name, "file:///nowhere", tags=tags).version
+
+
+def _tags(dice: float, cat: float, split: str = "a") -> dict:
+    return {"test_dice_per_image": str(dice), "test_dice_per_image.cat": str(cat), "test_split_hash": split}
+
+
+def test_the_promotion_gate_both_ways_and_idempotent(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = _version(client, "res34", _tags(0.80, 0.80))
+    assert promote(client, "res34", 0.02).reason == "the first version"
+    assert promote(client, "res34", 0.02).reason == "already the champion"  # twice: nothing changes
+    worse = _version(client, "res34", _tags(0.79, 0.80))
+    decision = promote(client, "res34", 0.02)
+    assert (decision.version, decision.alias) == (worse, "challenger")
+    assert decision.reason == "test Dice 0.7900 is below the champion's 0.8000"
+    assert client.get_model_version_by_alias("petseg-res34", "champion").version == first
+    species_drop = _version(client, "res34", _tags(0.85, 0.75))
+    assert promote(client, "res34", 0.02).reason.startswith("cat test Dice drops by 0.0500")
+    other_split = _version(client, "res34", _tags(0.95, 0.95, split="b"))
+    assert promote(client, "res34", 0.02).reason.startswith("its test split differs")
+    assert client.get_model_version_by_alias("petseg-res34", "challenger").version == other_split != species_drop
+    better = _version(client, "res34", _tags(0.82, 0.81))
+    decision = promote(client, "res34", 0.02)
+    assert (decision.alias, decision.reason) == ("champion", f"passed the gate against version {first}")
+    assert client.get_model_version_by_alias("petseg-res34", "champion").version == better
+
+
+def test_promote_with_mlflow_down_is_one_warning(monkeypatch, capsys, tmp_path):
+    from helpers import REPO
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    assert petseg_main(["promote", "--model", "unet", "--params", str(REPO / "params.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("petseg: warning: MLflow registry at http://127.0.0.1:") and err.count("\n") == 1
+    assert err.rstrip().endswith("nothing promoted")
+
+
+@pytest.mark.slow
+def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tmp_path, capsys):
+    if not (MINI_DATA / "images.tar.gz").exists():
+        pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
+    project = tmp_path / "p"
+    shutil.copytree(exported, project)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    assert run_stage("evaluate", project, env=env).returncode == 0
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    try:
+        assert petseg_main(["promote", "--model", "res34", "--params", str(project / "params.yaml")]) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    photo = tmp_path / "photo.jpg"
+    import tarfile
+
+    with tarfile.open(MINI_DATA / "images.tar.gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+        photo.write_bytes(tar.extractfile(member).read())
+    assert (
+        petseg_main(
+            ["predict", "--model", str(project / "models" / "res34.pt"), "--out", str(tmp_path / "m"), str(photo)]
+        )
+        == 0
+    )
+    expected = np.asarray(Image.open(tmp_path / "m" / "photo.png"))
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/petseg-res34@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=os.environ | env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        rows = [[base64.b64encode(photo.read_bytes()).decode()], [base64.b64encode(b"no photo").decode()]]
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+        answer = _post(f"http://127.0.0.1:{port}/invocations", body, server)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    predictions = pd.DataFrame(answer["predictions"])
+    assert np.array_equal(decode_png(predictions["mask_png"][0]), expected)
+    assert predictions["error"][0] == "" and predictions["error"][1].startswith("not a readable image")
+
+
+def _post(url: str, body: bytes, server: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError) as err:
+            if server.poll() is not None or time.monotonic() > deadline:
+                log = server.stderr.read().decode()[-2000:]
+                raise AssertionError(f"mlflow models serve did not answer ({err}): {log}") from None
+            time.sleep(1)
