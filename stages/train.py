@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
             if not context.is_main:
                 return
             tracker.log_artifacts(write_training_reports(state, reports_dir))
-            tracker.log_model(trainer.best_model(), trainer.example_input())
+            best = next(row for row in state.history if row["epoch"] == state.best_epoch)
+            tracker.log_metrics({"saved_epoch": state.best_epoch, "saved_val_dice": best["val_dice"]})
+            tracker.log_model(trainer.best_model(), trainer.example_input(), name=f"petseg-{name}")
         print(f"train_{name}: best epoch {state.best_epoch}; wrote {paths.best} and {reports_dir}/")
     finally:
         shutdown(context)

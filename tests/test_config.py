@@ -29,7 +29,7 @@ def test_repo_params_are_valid_and_complete():
 def test_model_params_are_the_architecture_keys():
     params = parse_params(shipped_params())
     assert params.train.res34.pretrained is False
-    assert params.train.model("unet").model_params() == {"base_channels": 64, "batch_norm": False}
+    assert params.train.model("unet").model_params() == {"base_channels": 64, "batch_norm": True}
 
 
 @pytest.mark.parametrize(

@@ -96,8 +96,11 @@ def test_http_404_is_one_clear_error(tmp_path, served):
 
 
 def test_unreachable_server_is_one_clear_error(tmp_path):
-    with pytest.raises(PetsegError, match=r"download failed after 3 attempts"):
+    with pytest.raises(PetsegError, match=r"download failed after 3 attempts") as err:
         fetch_archive("http://127.0.0.1:9", "images.tar.gz", tmp_path, None)
+    assert str(err.value).endswith(
+        "rerun to resume; offline? point prepare.source at a local copy of the two archives, or run `make repro-cpu`"
+    )
 
 
 @pytest.mark.parametrize("as_url", [False, True])

@@ -61,6 +61,12 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
     }
     for png in ("comparison.png", "dice_hist.png"):
         assert Image.open(out / png).size[0] > 300
+    meta = json.loads((trained / "data" / "prepared" / "meta.json").read_text())
+    for name, scores in metrics.items():
+        card = (trained / "reports" / "cards" / f"{name}.md").read_text()
+        assert card.startswith(f"# petseg-{name}\n") and f"`{meta['split_lists']}`" in card
+        assert f"| Dice per image (95 % bootstrap interval) | {scores['dice_per_image']:.4f} [" in card
+        assert f"| `train.{name}.lr` | 0.003 |" in card  # the recipe, from the checkpoint
     first = (out / "metrics.json").read_bytes()
     assert run_stage("evaluate", trained, env=NO_MLFLOW).returncode == 0
     assert (out / "metrics.json").read_bytes() == first  # bit-identical on a rerun

@@ -44,7 +44,7 @@ def test_stage_writes_every_output(project, name):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
     out = project / "reports" / "train" / name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"best_epoch", "epochs_run", "train_loss", "val_loss", "val_dice", "val_iou"}
+    assert set(metrics) == {"best_epoch", "epochs_run", "stopped_by", "train_loss", "val_loss", "val_dice", "val_iou"}
     assert 0 <= metrics["val_dice"] <= 1 and metrics["epochs_run"] == epochs
     assert set(json.loads((out / "timing.json").read_text())) == {"total_seconds", "images_per_second"}
     history = (out / "history.csv").read_text().splitlines()
@@ -168,7 +168,7 @@ def test_non_finite_weights_stop_training_and_are_never_saved(project, monkeypat
 
 def test_a_non_finite_validation_loss_stops_training(project, monkeypatch):
     monkeypatch.setattr(
-        Trainer, "validate", lambda self, loader: {"val_loss": float("nan"), "val_dice": 0.0, "val_iou": 0.0}
+        Trainer, "validate", lambda self, loader, epoch: {"val_loss": float("nan"), "val_dice": 0.0, "val_iou": 0.0}
     )
     with pytest.raises(PetsegError, match=r"^train_unet: validation loss became nan at epoch 1; .* was written$"):
         run_training(project)
@@ -207,7 +207,8 @@ def test_loss_is_read_every_check_every_steps(check_every, nan_step, message):
 
 
 def test_early_stopping(project, capsys):
-    overrides = {"train": {"unet": {"epochs": 5, "lr": 1e-12, "early_stop_patience": 2, "plateau_patience": 10}}}
+    recipe = {"epochs": 5, "lr": 1e-12, "early_stop_patience": 2, "schedule": "plateau", "plateau_patience": 10}
+    overrides = {"train": {"common": {"select_by": "dice"}, "unet": recipe}}
     state, _ = run_training(project, overrides=overrides)
     assert "early stop, no improvement for 2 epochs" in capsys.readouterr().out
     assert state.epoch == 3 and state.best_epoch == 1

@@ -143,7 +143,10 @@ def _http_download(url: str, part: Path) -> None:
             time.sleep(RETRY_WAIT_S * 2**attempt)
     got = part.stat().st_size if part.exists() else 0
     reason = getattr(last_error, "reason", None) or last_error or "unknown error"
-    raise PetsegError(f"{url}: download failed after {ATTEMPTS} attempts ({reason}); {got} bytes kept, rerun to resume")
+    hint = "rerun to resume"
+    if isinstance(last_error, URLError) and not isinstance(last_error, HTTPError):
+        hint += "; offline? point prepare.source at a local copy of the two archives, or run `make repro-cpu`"
+    raise PetsegError(f"{url}: download failed after {ATTEMPTS} attempts ({reason}); {got} bytes kept, {hint}")
 
 
 def source_stamp(location: str) -> dict | None:

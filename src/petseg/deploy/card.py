@@ -9,56 +9,54 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
 
 
-def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict) -> str:
-    """``data``: reports/prepare.json plus the split hash and source; ``recipe``: the flat training params stored in
-    the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: measured img/s."""
-    low, high = metrics["dice_per_image_ci95"]
-    species = ", ".join(
-        f"{kind} {scores['dice_per_image']:.4f} ({scores['images']} images)"
-        for kind, scores in metrics["species"].items()
-    )
+def _data_rows(data: dict) -> list[tuple[str, Any]]:
     counts = data["counts"]
+    return [
+        ("source", data["source"]),
+        ("photos (train / valid / test)", f"{counts['train']} / {counts['valid']} / {counts['test']}"),
+        ("species per split", data["species"]),
+        ("test split hash (sha256 of the split lists)", f"`{data['split_hash']}`"),
+        ("trimap boundary pixels count as", data["boundary"]),
+        ("image size", f"{data['image_size']} px"),
+    ]
+
+
+def _score_rows(metrics: dict) -> list[tuple[str, Any]]:
+    low, high = metrics["dice_per_image_ci95"]
+    by_species = metrics["species"].items()
+    species = ", ".join(f"{kind} {s['dice_per_image']:.4f} ({s['images']} images)" for kind, s in by_species)
+    return [
+        ("Dice per image (95 % bootstrap interval)", f"{metrics['dice_per_image']:.4f} [{low:.4f}, {high:.4f}]"),
+        ("IoU per image", f"{metrics['iou_per_image']:.4f}"),
+        ("Dice, pixels pooled", f"{metrics['dice_dataset']:.4f}"),
+        ("boundary Dice (band around the outline)", f"{metrics['boundary_dice_per_image']:.4f}"),
+        ("per species (Dice per image)", species),
+        ("images predicted empty / all pet", f"{metrics['empty_predictions']} / {metrics['full_predictions']}"),
+    ]
+
+
+def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict) -> str:
+    """``data``: the prepared data's meta plus source, species and split hash; ``recipe``: the flat training params
+    stored in the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: img/s."""
+    counts = data["counts"]
+    data_table, recipe_table = _table(_data_rows(data)), _table([(f"`{k}`", v) for k, v in sorted(recipe.items())])
+    score_table, speed_table = _table(_score_rows(metrics)), _table([(k, f"{v:.1f} img/s") for k, v in speed.items()])
+    kind = "ResNet34-encoder UNet" if model == "res34" else "UNet"
     return f"""# petseg-{model}
 
-A {"ResNet34-encoder UNet" if model == "res34" else "UNet"} that marks the pet in a photo (binary mask), trained from
-scratch by the petseg pipeline.
+A {kind} that marks the pet in a photo (binary mask), trained from scratch by the petseg pipeline.
 
 ## Data
-{
-        _table(
-            [
-                ("source", data["source"]),
-                ("photos (train / valid / test)", f"{counts['train']} / {counts['valid']} / {counts['test']}"),
-                ("species per split", data["species"]),
-                ("test split hash (sha256 of the split lists)", f"`{data['split_hash']}`"),
-                ("trimap boundary pixels count as", data["boundary"]),
-                ("image size", f"{data['image_size']} px"),
-            ]
-        )
-    }
+{data_table}
 
 ## Recipe
-{_table([(f"`{key}`", value) for key, value in sorted(recipe.items())])}
+{recipe_table}
 
 ## How well (official test split)
-{
-        _table(
-            [
-                (
-                    "Dice per image (95 % bootstrap interval)",
-                    f"{metrics['dice_per_image']:.4f} [{low:.4f}, {high:.4f}]",
-                ),
-                ("IoU per image", f"{metrics['iou_per_image']:.4f}"),
-                ("Dice, pixels pooled", f"{metrics['dice_dataset']:.4f}"),
-                ("boundary Dice (band around the outline)", f"{metrics['boundary_dice_per_image']:.4f}"),
-                ("per species (Dice per image)", species),
-                ("images predicted empty / all pet", f"{metrics['empty_predictions']} / {metrics['full_predictions']}"),
-            ]
-        )
-    }
+{score_table}
 
 ## How fast (measured in this run, this machine)
-{_table([(what, f"{value:.1f} img/s") for what, value in speed.items()])}
+{speed_table}
 
 ## How to use it
 ```bash

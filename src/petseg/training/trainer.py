@@ -177,9 +177,8 @@ class Trainer:
     def should_stop(self) -> bool:
         if self.budget_s and self.state.elapsed_seconds >= self.budget_s:
             minutes = self.state.elapsed_seconds / 60
-            self.say(
-                f"time budget reached: {minutes:.1f} of {self.common.max_minutes:g} minutes, {self.state.epoch} epochs"
-            )
+            spent = f"{minutes:.1f} of {self.common.max_minutes:.1f} minutes"
+            self.say(f"time budget reached: {spent}, {self.state.epoch} epochs")
             self.state.stopped_by = "time budget"
             return True
         patience = self.cfg.early_stop_patience
