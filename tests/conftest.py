@@ -43,3 +43,15 @@ def mini_data() -> Path:
     if not (MINI_DATA / "images.tar.gz").exists():
         pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
     return MINI_DATA
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, prepared_project):
+    """Both tiny models trained once on the synthetic data; tests copy what they need."""
+    project = tmp_path_factory.mktemp("trained")
+    shutil.copytree(prepared_project / "data", project / "data")
+    shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
+    for name in ("unet", "res34"):
+        result = run_stage("train", project, "--model", name, env={"PETSEG_MLFLOW": "0"})
+        assert result.returncode == 0, result.stderr
+    return project

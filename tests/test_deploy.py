@@ -31,14 +31,12 @@ NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, prepared_project):
-    """Both tiny models trained and exported once."""
-    project = tmp_path_factory.mktemp("exported")
-    shutil.copytree(prepared_project / "data", project / "data")
-    shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
-    for stage, args in (("train", ["--model", "unet"]), ("train", ["--model", "res34"]), ("export", [])):
-        result = run_stage(stage, project, *args, env=NO_MLFLOW)
-        assert result.returncode == 0, result.stderr
+def exported(tmp_path_factory, trained):
+    """The two trained tiny models, exported once."""
+    project = tmp_path_factory.mktemp("exported") / "p"
+    shutil.copytree(trained, project)
+    result = run_stage("export", project, env=NO_MLFLOW)
+    assert result.returncode == 0, result.stderr
     return project
 
 

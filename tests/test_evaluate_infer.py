@@ -19,18 +19,6 @@ from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, prepared_project):
-    """Both tiny models trained once on the synthetic data; tests copy what they need."""
-    project = tmp_path_factory.mktemp("trained")
-    shutil.copytree(prepared_project / "data", project / "data")
-    shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
-    for name in ("unet", "res34"):
-        result = run_stage("train", project, "--model", name, env=NO_MLFLOW)
-        assert result.returncode == 0, result.stderr
-    return project
-
-
 def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
     result = run_stage("evaluate", trained, env=NO_MLFLOW)
     assert result.returncode == 0, result.stderr
