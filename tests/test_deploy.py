@@ -48,6 +48,13 @@ def test_export_writes_onnx_that_agrees_with_pytorch(exported):
         assert (exported / "models" / f"{name}.onnx").stat().st_size > 10_000
 
 
+def test_parity_is_relative_to_the_logits_scale(tmp_path):
+    expected = np.full((1, 1, 4, 4), 1e7, dtype=np.float32)
+    assert parity(expected, expected + 144.0, 0.5, tmp_path)["max_abs_logit_diff"] == 144.0  # 1.4e-5 of the scale
+    with pytest.raises(PetsegError, match=r"max \|logit difference\| 2e\+04 \(allowed 1e\+03\)"):
+        parity(expected, expected + 2e4, 0.5, tmp_path)
+
+
 def test_parity_below_the_bar_fails_naming_the_numbers(tmp_path):
     expected = np.zeros((1, 1, 10, 10), dtype=np.float32)
     with pytest.raises(PetsegError, match=r"max \|logit difference\| 0.01 \(allowed 0.0001\), masks agree on 99\."):

@@ -67,14 +67,17 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
 
 
 def parity(expected: np.ndarray, got: np.ndarray, threshold: float, where: Path) -> dict:
+    """Logits within 1e-4 (relative to the logits' own scale once they exceed 1: float32 keeps ~7 digits, so a model
+    whose logits reach 1e7 cannot agree to 1e-4 absolutely) and the same masks on >= 99.99 % of pixels."""
     logit = float(np.log(threshold / (1 - threshold)))
     max_diff = float(np.abs(expected - got).max())
+    allowed = MAX_LOGIT_DIFF * max(1.0, float(np.abs(expected).max()))
     agreement = float(np.mean((expected > logit) == (got > logit)))
     report = {"opset": OPSET, "max_abs_logit_diff": max_diff, "mask_agreement": agreement, "images": len(expected)}
-    if max_diff > MAX_LOGIT_DIFF or agreement < MIN_MASK_AGREEMENT:
+    if max_diff > allowed or agreement < MIN_MASK_AGREEMENT:
         raise PetsegError(
             f"{where}: ONNX Runtime disagrees with PyTorch: max |logit difference| {max_diff:.3g} (allowed "
-            f"{MAX_LOGIT_DIFF:g}), masks agree on {agreement:.6%} of pixels (needed {MIN_MASK_AGREEMENT:.2%})"
+            f"{allowed:.3g}), masks agree on {agreement:.6%} of pixels (needed {MIN_MASK_AGREEMENT:.2%})"
         )
     return report
 
