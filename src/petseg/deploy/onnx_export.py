@@ -8,22 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
 
-from petseg.data.transforms import eval_transforms
 from petseg.errors import PetsegError
+from petseg.evaluation.predictor import normalized
 from petseg.fileio import atomic_file
 from petseg.models.checkpoint import first_line, load_trained_model
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
 MIN_MASK_AGREEMENT = 0.9999
-
-
-def normalized(images: np.ndarray, mean, std) -> torch.Tensor:
-    """uint8 (N, S, S, 3) -> the float batch the model takes."""
-    batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
-    return eval_transforms(mean, std)(tv_tensors.Image(batch)).as_subclass(torch.Tensor)
 
 
 def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: float) -> dict:

@@ -17,6 +17,12 @@ from petseg.models.checkpoint import load_trained_model
 from petseg.progress import progress
 
 
+def normalized(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> the float batch a model takes: what every backend feeds its model."""
+    batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+    return eval_transforms(mean, std)(tv_tensors.Image(batch)).as_subclass(torch.Tensor)
+
+
 class Predictor:
     """A checkpoint ready for inference at its training size."""
 
@@ -30,8 +36,7 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (N, S, S, 3) at the training size -> float (N, S, S) pet probabilities on CPU."""
-        batch = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
-        batch = self.transform(tv_tensors.Image(batch)).as_subclass(torch.Tensor).to(self.device)
+        batch = normalized(images, self.mean, self.std).to(self.device)
         return torch.sigmoid(self.model(batch).float())[:, 0].cpu()
 
 
