@@ -30,8 +30,13 @@ $(STAMP): pyproject.toml
 repro: $(STAMP)
 	dvc repro
 
+# A named DVC experiment whose params stay in it: `dvc exp run` writes the -S values into params.yaml, so the file is
+# put back as it was afterwards (also when the run fails). `dvc exp apply cpu-preset` brings them back on purpose.
+PARAMS_BACKUP := .dvc/tmp/params.before-cpu-preset.yaml
 repro-cpu: $(STAMP)
-	dvc exp run $(CPU_PRESET)
+	mkdir -p $(dir $(PARAMS_BACKUP)) && cp params.yaml $(PARAMS_BACKUP)
+	dvc exp remove cpu-preset >/dev/null 2>&1 || true
+	dvc exp run -n cpu-preset $(CPU_PRESET); status=$$?; mv $(PARAMS_BACKUP) params.yaml; exit $$status
 
 repro-reference: $(STAMP)
 	dvc exp run -n reference-recipe $(REFERENCE_RECIPE)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 
-from petseg.config import MODEL_NAMES, load_params
+from petseg.config import MODEL_NAMES, MODEL_TITLES, load_params
 from petseg.data.dataset import PreparedSplit
 from petseg.errors import exits_cleanly
 from petseg.evaluation.predictor import Predictor, best_and_worst, write_split_masks
+from petseg.evaluation.scoring import read_per_image_dice
 from petseg.fileio import atomic_dir, ensure_writable
 from petseg.pipeline import PREPARED_DIR, REPORTS_DIR, checkpoint_path, stage_tracker
 from petseg.plots import plot_overlay_grid
@@ -15,6 +17,7 @@ from petseg.runtime import resolve_device
 from petseg.schema import to_flat_dict
 
 OUT_DIR = REPORTS_DIR / "infer"
+PER_IMAGE = REPORTS_DIR / "evaluate" / "per_image.csv"  # the grids show the best and worst of the whole split
 
 
 @exits_cleanly
@@ -23,17 +26,25 @@ def main() -> None:
     cfg, threshold, batch_size = params.infer, params.evaluate.threshold, params.evaluate.batch_size
     test = PreparedSplit(PREPARED_DIR, "test").require_samples("infer")
     ensure_writable(OUT_DIR)
+    names = [row["name"] for row in test.rows]
+    dice = {name: read_per_image_dice(PER_IMAGE, name, names) for name in MODEL_NAMES}
     count = min(cfg.limit or len(test), len(test))
     device = resolve_device("auto")
     for name in MODEL_NAMES:
+        started = time.time()
         predictor = Predictor(checkpoint_path(name), device)
         with atomic_dir(OUT_DIR / name / "masks") as masks_dir:
-            dice = write_split_masks(predictor, test, count, batch_size, threshold, masks_dir)
+            write_split_masks(predictor, test, count, batch_size, threshold, masks_dir)
         grid_path = OUT_DIR / name / "overlays.png"
-        grid = best_and_worst(predictor, test, dice, cfg.grid_rows, threshold)
-        plot_overlay_grid(grid, grid_path, f"{name}: best (top) and worst (bottom) test cases by Dice")
-        print(f"infer: {name}: {count} masks in {OUT_DIR / name / 'masks'}, grid {grid_path}")
-        with stage_tracker(params, "infer", name) as tracker:
+        grid = best_and_worst(predictor, test, dice[name], cfg.grid_rows, threshold)
+        title = f"{MODEL_TITLES[name]}: best (top) and worst (bottom) of {len(test)} test photos by Dice"
+        plot_overlay_grid(grid, grid_path, title)
+        worst = grid[-1]
+        print(
+            f"infer: {name}: {count} masks in {OUT_DIR / name / 'masks'}, grid {grid_path} (worst case: "
+            f"{worst['name']}, Dice {worst['dice']:.3f})"
+        )
+        with stage_tracker(params, "infer", name, started=started) as tracker:
             tracker.log_params(to_flat_dict(cfg, "infer.") | {"evaluate.threshold": threshold})
             tracker.log_artifacts([grid_path])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from petseg.config import load_params
 from petseg.data.cache import prepare_dataset
@@ -18,7 +19,7 @@ REPORT = REPORTS_DIR / "prepare.json"
 @exits_cleanly
 def main() -> None:
     params = load_params()
-    cfg = params.prepare
+    cfg, started = params.prepare, time.time()
     ensure_writable(RAW_DIR)
     ensure_writable(REPORT.parent)
     trees = {archive: fetch_and_extract(cfg, archive, RAW_DIR) for archive in ARCHIVES}
@@ -32,7 +33,7 @@ def main() -> None:
         f"prepare: train {counts['train']}, valid {counts['valid']}, test {counts['test']} at "
         f"{cfg.image_size}px; skipped {report['skipped_count']} (see {REPORT})"
     )
-    with stage_tracker(params, "prepare") as tracker:
+    with stage_tracker(params, "prepare", started=started) as tracker:
         tracker.log_params(to_flat_dict(cfg, "prepare.") | {"prepare.source": public_source(cfg.source)})
         tracker.log_metrics({f"count.{k}": v for k, v in counts.items()} | {"skipped": report["skipped_count"]})
         tracker.log_artifacts([REPORT])

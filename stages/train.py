@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
             state = trainer.fit(pipeline.PREPARED_DIR, paths, tracker)
             if not context.is_main:
                 return
-            tracker.log_artifacts(write_training_reports(state, reports_dir))
+            tracker.log_artifacts(write_training_reports(state, name, reports_dir))
             best = next(row for row in state.history if row["epoch"] == state.best_epoch)
             tracker.log_metrics({"saved_epoch": state.best_epoch, "saved_val_dice": best["val_dice"]})
             tracker.log_model(trainer.best_model(), trainer.example_input(), name=f"petseg-{name}")

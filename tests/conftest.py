@@ -47,11 +47,12 @@ def mini_data() -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, prepared_project):
-    """Both tiny models trained once on the synthetic data; tests copy what they need."""
+    """Both tiny models trained and evaluated once on the synthetic data (infer picks its grids from the evaluation);
+    tests copy what they need."""
     project = tmp_path_factory.mktemp("trained")
     shutil.copytree(prepared_project / "data", project / "data")
     shutil.copy(prepared_project / "params.yaml", project / "params.yaml")
-    for name in ("unet", "res34"):
-        result = run_stage("train", project, "--model", name, env={"PETSEG_MLFLOW": "0"})
+    for stage, *args in (("train", "--model", "unet"), ("train", "--model", "res34"), ("evaluate",)):
+        result = run_stage(stage, project, *args, env={"PETSEG_MLFLOW": "0"})
         assert result.returncode == 0, result.stderr
     return project

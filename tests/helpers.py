@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import functools
 import hashlib
 import http.server
 import io
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 from pathlib import Path
 
@@ -199,9 +203,25 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+@functools.cache
+def shipped_params_file() -> Path:
+    """params.yaml as git has it staged (`git add` a change to test it), not the workspace's copy, which
+    `dvc exp run -S` rewrites; the workspace's copy outside a git checkout."""
+    try:
+        staged = subprocess.run(
+            ["git", "show", ":params.yaml"], cwd=REPO, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return REPO / "params.yaml"
+    folder = Path(tempfile.mkdtemp(prefix="petseg-shipped-params-"))
+    atexit.register(shutil.rmtree, folder, True)
+    (folder / "params.yaml").write_text(staged)
+    return folder / "params.yaml"
+
+
 def shipped_params() -> dict:
-    """The repository's params.yaml: the only place a default lives."""
-    return yaml.safe_load((REPO / "params.yaml").read_text())
+    """The shipped params.yaml: the only place a default lives."""
+    return yaml.safe_load(shipped_params_file().read_text())
 
 
 def tiny_params(overrides: dict | None = None) -> dict:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from helpers import REPO, make_params
+from helpers import make_params, shipped_params_file
 
 from petseg.cli import main as petseg_main
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
 from petseg.training.trainer import Trainer, TrainPaths
 
-PARAMS = ["--params", str(REPO / "params.yaml")]  # the benchmarks run in a folder of their own
+PARAMS = ["--params", str(shipped_params_file())]  # the benchmarks run in a folder of their own
 
 
 def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch, capsys):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from helpers import REPO, deep_merge, make_params, run_stage, shipped_params
+from helpers import deep_merge, make_params, run_stage, shipped_params, shipped_params_file
 
 from petseg.config import ConfigError, load_params, parse_params
 from petseg.schema import to_flat_dict
@@ -20,9 +20,9 @@ def flatten(raw: dict, prefix: str = "") -> dict:
 
 def test_repo_params_are_valid_and_complete():
     """params.yaml spells out every key, so no pipeline result hinges on a default hidden in code."""
-    params = load_params(REPO / "params.yaml")
+    params = load_params(shipped_params_file())
     assert params.prepare.image_size == 256 and params.train.unet.base_channels == 64
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = yaml.safe_load(shipped_params_file().read_text())
     assert set(flatten(raw)) == set(to_flat_dict(params))
 
 
@@ -70,10 +70,10 @@ def test_non_finite_floats_are_refused(tmp_path, key, value):
 
 
 def test_overrides_apply_on_top_of_the_file_and_are_validated():
-    params = load_params(REPO / "params.yaml", {"prepare.image_size": 64, "train.common.device": "cpu"})
+    params = load_params(shipped_params_file(), {"prepare.image_size": 64, "train.common.device": "cpu"})
     assert params.prepare.image_size == 64 and params.train.common.device == "cpu"
     with pytest.raises(ConfigError, match="prepare.image_sise: unknown key"):
-        load_params(REPO / "params.yaml", {"prepare.image_sise": 64})
+        load_params(shipped_params_file(), {"prepare.image_sise": 64})
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import MINI_DATA, free_port, run_stage
+from helpers import MINI_DATA, free_port, run_stage, shipped_params_file
 from PIL import Image
 
 from petseg.cli import main as petseg_main
@@ -123,10 +123,9 @@ def test_the_promotion_gate_both_ways_and_idempotent(tmp_path):
 
 
 def test_promote_with_mlflow_down_is_one_warning(monkeypatch, capsys, tmp_path):
-    from helpers import REPO
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    assert petseg_main(["promote", "--model", "unet", "--params", str(REPO / "params.yaml")]) == 0
+    assert petseg_main(["promote", "--model", "unet", "--params", str(shipped_params_file())]) == 0
     err = capsys.readouterr().err
     assert err.startswith("petseg: warning: MLflow registry at http://127.0.0.1:") and err.count("\n") == 1
     assert err.rstrip().endswith("nothing promoted")
@@ -145,6 +144,16 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
         assert petseg_main(["promote", "--model", "res34", "--params", str(project / "params.yaml")]) == 0
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    champion = client.get_model_version_by_alias("petseg-res34", "champion")
+    experiment = client.get_experiment_by_name("petseg").experiment_id
+    (logged,) = client.search_logged_models([experiment], f"source_run_id = '{champion.run_id}'")
+    scores = {metric.key: metric.value for metric in logged.metrics}
+    details = json.loads((project / "reports" / "evaluate" / "details.json").read_text())["res34"]
+    assert scores["test_dice_per_image"] == details["dice_per_image"]  # the Models view shows each model's score
+    assert champion.tags["test_dice_per_image"] == f"{details['dice_per_image']:.6f}"
     photo = tmp_path / "photo.jpg"
     import tarfile
 

@@ -23,8 +23,18 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
     result = run_stage("evaluate", trained, env=NO_MLFLOW)
     assert result.returncode == 0, result.stderr
     out = trained / "reports" / "evaluate"
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "details.json").read_text())
     assert set(metrics) == {"unet", "res34"}
+    tracked = ("dice_per_image", "iou_per_image", "boundary_dice_per_image", "dice_dataset")
+    # `dvc exp show` reads metrics.json: the headline scores only, the same numbers as details.json's
+    assert json.loads((out / "metrics.json").read_text()) == {
+        name: {key: scores[key] for key in tracked} for name, scores in metrics.items()
+    }
+    per_image = list(csv.DictReader((out / "per_image.csv").open()))
+    assert [(r["model"], r["species"]) for r in per_image[:1]] == [("unet", "cat")] and len(per_image) == 16
+    for name, scores in metrics.items():
+        dice = [float(r["dice"]) for r in per_image if r["model"] == name]
+        assert np.mean(dice) == pytest.approx(scores["dice_per_image"], abs=1e-6)
     for scores in metrics.values():
         for key in (
             "dice_per_image",
@@ -73,7 +83,7 @@ def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_pa
     result = run_stage("evaluate", project, env=NO_MLFLOW)
     assert result.returncode == 0, result.stderr
     assert "evaluate: warning: unet predicts no pet on 8 of 8 test images; it has collapsed" in result.stdout
-    metrics = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate" / "details.json").read_text())
     assert metrics["unet"]["empty_predictions"] == 8 and metrics["unet"]["precision_dataset"] == 0.0
     assert 0.0 <= metrics["res34"]["dice_per_image_no_tta"] <= 1.0
 
@@ -93,6 +103,32 @@ def test_infer_writes_original_size_masks_and_grids(trained):
             assert set(np.unique(mask)) <= {0, 255}
         grid = Image.open(trained / "reports" / "infer" / name / "overlays.png")
         assert grid.size[1] > grid.size[0]  # 4 rows (2 best + 2 worst) of 3 panels
+
+
+def test_infer_grids_show_the_worst_case_of_the_whole_split_not_of_the_masks_written(trained, tmp_path):
+    project = tmp_path / "p"
+    shutil.copytree(trained, project)
+    per_image = project / "reports" / "evaluate" / "per_image.csv"
+    with per_image.open() as handle:
+        rows = list(csv.DictReader(handle))
+    last = rows[7]["name"]  # the 8th test photo; infer.limit writes masks for the first 6 only
+    for row in rows:
+        row["dice"] = "0.0" if row["name"] == last else "0.9"
+    with per_image.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = run_stage("infer", project, env=NO_MLFLOW)
+    assert result.returncode == 0, result.stderr
+    for name in ("unet", "res34"):
+        assert f"infer: {name}: 6 masks in reports/infer/{name}/masks" in result.stdout
+        assert f"(worst case: {last}, Dice 0.000)" in result.stdout
+    per_image.unlink()
+    result = run_stage("infer", project, env=NO_MLFLOW)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "petseg: error: reports/evaluate/per_image.csv: missing; the evaluate stage writes it (dvc repro evaluate)\n"
+    )
 
 
 def test_evaluate_refuses_a_foreign_or_code_carrying_checkpoint(trained, tmp_path):

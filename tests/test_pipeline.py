@@ -82,7 +82,8 @@ def assert_status_follows_code_and_params(project: Path) -> None:
 
     for module, expected in {
         "src/petseg/training/losses.py": {"train_unet", "train_res34"},
-        "src/petseg/evaluation/scoring.py": {"evaluate"},
+        "src/petseg/evaluation/scoring.py": {"evaluate", "infer"},
+        "src/petseg/deploy/card.py": {"evaluate"},  # release plumbing retrains nothing
         "src/petseg/data/layout.py": {"prepare", "train_unet", "train_res34", "evaluate", "infer", "export"},
     }.items():
         source = project / module
@@ -136,7 +137,10 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     assert any(key.startswith("res34.") for key in changed)
     assert not any(key.startswith("unet.") and value.get("diff") for key, value in changed.items())
     sh(project, "dvc", "plots", "diff", "HEAD", "-o", "dvc_plots")
-    assert (project / "dvc_plots" / "index.html").stat().st_size > 1000
+    page = (project / "dvc_plots" / "index.html").read_text()
+    assert "vegaEmbed(" in page and "https://" not in page.split("<body>")[0]  # the charts draw offline
+    for image in ("comparison.png", "dice_hist.png"):
+        assert page.count(f"reports_evaluate_{image.replace('.', '_')}") in (1, 2), image
     shown = sh(project, "dvc", "exp", "show", "--csv")
     assert "res34-faster" in shown
 
@@ -169,3 +173,8 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     assert unet_evaluate.data.tags["training_run_id"] == unet_training.info.run_id  # not retrained: baseline's run
     assert "test_dice_per_image" in evaluate_run.data.metrics
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into the temp copy
+    workspace_artifacts = (project / "mlartifacts").as_uri()
+    assert client.get_experiment(experiment_id).artifact_location == workspace_artifacts
+    assert temp_run.info.artifact_uri.startswith(workspace_artifacts + "/")
+    assert {a.path for a in client.list_artifacts(temp_run.info.run_id)} >= {"history.csv", "metrics.json"}
+    assert not (project / "mlruns").exists() and not list((project / ".dvc" / "tmp").rglob("mlruns"))

@@ -6,7 +6,7 @@ import shlex
 import subprocess
 
 import yaml
-from helpers import REPO
+from helpers import REPO, shipped_params_file
 
 from petseg.config import load_params
 from petseg.schema import to_flat_dict
@@ -46,13 +46,13 @@ def flat(params) -> dict:
 
 
 def test_make_repro_reference_runs_the_reports_recipe():
-    reference = flat(load_params(REPO / "params.yaml", reference_overrides()))
+    reference = flat(load_params(shipped_params_file(), reference_overrides()))
     assert {key: reference[key] for key in REPORT} == REPORT
 
 
 def test_the_shipped_recipe_differs_from_the_report_where_the_readme_says():
-    shipped = flat(load_params(REPO / "params.yaml"))
-    reference = flat(load_params(REPO / "params.yaml", reference_overrides()))
+    shipped = flat(load_params(shipped_params_file()))
+    reference = flat(load_params(shipped_params_file(), reference_overrides()))
     changed = {key for key in shipped if shipped[key] != reference[key]}
     per_model = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
     assert changed == {

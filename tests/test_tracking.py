@@ -132,3 +132,29 @@ def test_project_root_sees_through_dvc_temp_experiment_dirs(tmp_path):
     inside.mkdir(parents=True)
     assert project_root(inside) == tmp_path / "repo"
     assert project_root(tmp_path) == tmp_path
+
+
+def test_default_store_keeps_artifacts_beside_the_database_for_a_temp_experiment_and_back_dates_runs(
+    tmp_path, monkeypatch
+):
+    # set then delete: teardown removes the variable that mlflow.set_tracking_uri() exports in this process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unused")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    inside = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"  # where `dvc exp run --temp` runs a stage
+    inside.mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    report = inside / "report.json"
+    report.write_text("{}")
+    started = time.time() - 30  # the stage's work began 30 s before it logged anything
+    with Tracker("petseg", "workspace-prepare", run_tags("prepare"), started=started) as tracker:
+        tracker.log_artifacts([report])
+    assert tracker.run_id
+    client = client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("petseg")
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's training-runs view
+    assert [p.name for p in (tmp_path / "mlartifacts").rglob("report.json")] == ["report.json"]
+    assert not (inside / "mlruns").exists() and not (tmp_path / "mlruns").exists()
+    run = client.get_run(tracker.run_id)
+    assert run.info.start_time == int(started * 1000) and run.info.end_time - run.info.start_time >= 30_000
+    assert run.info.run_name == "workspace-prepare" and run.data.tags["stage"] == "prepare"

@@ -24,7 +24,7 @@ def run_training(project, name="unet", overrides=None, tracker=None):
     trainer = Trainer(name, make_params(overrides))
     paths = TrainPaths(best=project / "models" / f"{name}.pt", last=project / "models" / f"{name}.last.pt")
     state = trainer.fit(project / "data" / "prepared", paths, tracker)
-    write_training_reports(state, project / "reports" / "train" / name)
+    write_training_reports(state, name, project / "reports" / "train" / name)
     return state, trainer.best_weights
 
 

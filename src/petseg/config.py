@@ -18,6 +18,7 @@ from petseg.schema import ConfigError, build, set_dotted
 
 OFFICIAL_SOURCE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 MODEL_NAMES = ("unet", "res34")
+MODEL_TITLES = {"unet": "UNet", "res34": "ResNet34-UNet"}  # for people: plot titles, model cards
 
 # Keys that change how fast a stage runs or what it is called, never what it computes: no DVC stage depends on them,
 # and a resume point stays valid when they change.

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from petseg.config import Params
-from petseg.data.layout import read_meta
-from petseg.deploy.card import model_card
-from petseg.deploy.registry import log_and_register, registered_name, version_tags
-from petseg.fileio import exclusive_lock, write_text
-from petseg.models.checkpoint import load_checkpoint
+from petseg.fileio import exclusive_lock
 from petseg.schema import to_flat_dict
-from petseg.tracking import Tracker, dvc_experiment_name, git_commit, run_tags
+from petseg.tracking import Tracker, dvc_experiment_name, run_tags
 
 RAW_DIR = Path("data/raw")
 PREPARED_DIR = Path("data/prepared")
@@ -50,48 +44,9 @@ def run_name(stage: str, model: str | None = None) -> str:
     return "-".join(part for part in (dvc_experiment_name(), stage, model) if part)
 
 
-def stage_tracker(params: Params, stage: str, model: str | None = None, enabled: bool = True) -> Tracker:
+def stage_tracker(
+    params: Params, stage: str, model: str | None = None, enabled: bool = True, started: float | None = None
+) -> Tracker:
     tag = f"{stage}_{model}" if stage == "train" else stage  # training runs are looked up by `train_<model>`
-    return Tracker(params.tracking.experiment, run_name(stage, model), run_tags(tag, model), enabled=enabled)
-
-
-def log_evaluation(params: Params, model: str, metrics: dict, outputs: list[Path], example_photo) -> None:
-    """The evaluate run of ``model``: its test metrics, linked to the run that trained it, and the evaluated weights
-    as a registered version of `petseg-<model>` (a pyfunc that takes photos) tagged for `petseg promote`."""
-    with stage_tracker(params, "evaluate", model) as tracker:
-        if training_run := tracker.latest_run_id(f"train_{model}", model):
-            tracker.set_tags({"training_run_id": training_run})
-        tracker.log_params(to_flat_dict(params.evaluate, "evaluate."))
-        tracker.log_metrics({f"test_{k}": v for k, v in metrics.items() if isinstance(v, int | float)})
-        tracker.log_artifacts(outputs)
-        digest = hashlib.sha256(json.dumps(to_flat_dict(params), sort_keys=True, default=str).encode()).hexdigest()
-        extra = {
-            "git_commit": git_commit() or "unknown",
-            "dvc_exp_name": dvc_experiment_name(),
-            "params_digest": digest,
-        }
-        tags = version_tags(metrics, read_meta(PREPARED_DIR)["split_lists"], extra)
-        threshold = params.evaluate.threshold
-
-        def register(mlflow) -> str:
-            return log_and_register(mlflow, model, checkpoint_path(model), example_photo, threshold, tags)
-
-        if version := tracker.best_effort("registering the model", register):
-            print(f"evaluate: {model}: registered {registered_name(model)} version {version}")
-
-
-def write_model_card(model: str, metrics: dict, eval_images_per_second: float, out: Path) -> Path:
-    """reports/cards/<model>.md from what the pipeline wrote: prepare's report, the checkpoint's recipe, the
-    evaluation, and the speeds measured in training and evaluation."""
-    meta = read_meta(PREPARED_DIR)  # counts, size, boundary rule and split hash travel with the data itself
-    report_path = REPORTS_DIR / "prepare.json"
-    prepared = json.loads(report_path.read_text()) if report_path.exists() else {}
-    data = meta | {"split_hash": meta["split_lists"], "source": prepared.get("source", "unknown")}
-    data["species"] = prepared.get("species", "unknown")
-    recipe = load_checkpoint(checkpoint_path(model)).get("recipe", {})
-    timing_path = REPORTS_DIR / "train" / model / "timing.json"
-    speed = {"evaluation (test split, this machine)": eval_images_per_second}
-    if timing_path.exists():
-        speed["training (mean over epochs)"] = json.loads(timing_path.read_text())["images_per_second"]
-    write_text(out, model_card(model, data, recipe, metrics, speed))
-    return out
+    tags = run_tags(tag, model)
+    return Tracker(params.tracking.experiment, run_name(stage, model), tags, enabled=enabled, started=started)

@@ -18,46 +18,53 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], keys: dict[str, str], title: str, ylabel: str, path: Path) -> None:
-    """One line per ``keys`` entry (column -> label) against epoch."""
+def plot_curves(
+    history: list[dict], keys: dict[str, str], title: str, ylabel: str, path: Path, saved_epoch: int | None = None
+) -> None:
+    """One line per ``keys`` entry (column -> label) against epoch; ``saved_epoch`` (the weights kept) is marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
     for column, label in keys.items():
-        ax.plot(epochs, [row[column] for row in history], marker="o", label=label)
+        ax.plot(epochs, [row[column] for row in history], marker="o", markersize=3, label=label)
+    if saved_epoch is not None:
+        ax.axvline(saved_epoch, color="0.4", linestyle="--", linewidth=1, label=f"saved model (epoch {saved_epoch})")
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     save_figure(fig, path)
 
 
-def plot_model_comparison(metrics: dict[str, dict[str, float]], keys: list[str], path: Path) -> None:
-    """Grouped bars: one group per metric, one bar per model; a ``<key>_ci95`` entry draws an error bar."""
-    fig, ax = plt.subplots(figsize=(8, 4))
-    models = list(metrics)
-    width = 0.8 / max(len(models), 1)
+def plot_model_comparison(metrics: dict[str, dict[str, float]], labels: dict[str, str], path: Path) -> None:
+    """Horizontal grouped bars: one group per metric (``labels``: key -> readable name), one bar per model, the
+    value printed past the bar's end (or its error bar, from a ``<key>_ci95`` entry) so that labels never collide."""
+    keys, models = list(labels), list(metrics)
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.32 * len(keys) * len(models)))
+    height = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
         values = [metrics[model].get(key, 0.0) for key in keys]
         errors = [[0.0] * len(keys), [0.0] * len(keys)]
         for k, key in enumerate(keys):
             if interval := metrics[model].get(f"{key}_ci95"):
                 errors[0][k], errors[1][k] = values[k] - interval[0], interval[1] - values[k]
-        positions = [k + i * width for k in range(len(keys))]
-        bars = ax.bar(positions, values, width, yerr=errors, capsize=3, label=model)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
-    ax.set_xticks([k + width * (len(models) - 1) / 2 for k in range(len(keys))], keys, rotation=20)
-    ax.set(ylim=(0, 1.05), ylabel="score", title="Test set: models compared")
-    ax.legend()
+        positions = [k + i * height for k in range(len(keys))]
+        ax.barh(positions, values, height, xerr=errors, capsize=2, label=model)
+        for y, value, upper in zip(positions, values, errors[1], strict=True):
+            ax.text(value + upper + 0.01, y, f"{value:.3f}", va="center", fontsize=7)
+    ax.set_yticks([k + height * (len(models) - 1) / 2 for k in range(len(keys))], [labels[k] for k in keys])
+    ax.invert_yaxis()  # the headline Dice on top
+    ax.set(xlim=(0, 1.12), xlabel="score (error bar: 95 % bootstrap interval)", title="Test set: models compared")
+    ax.legend(loc="lower right")
     save_figure(fig, path)
 
 
 def plot_dice_histogram(dice_by_model: dict[str, list[float]], path: Path) -> None:
-    """Where each model fails: the distribution of per-image test Dice."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Where each model fails: the distribution of per-image test Dice, the models' bars side by side."""
+    fig, ax = plt.subplots(figsize=(7, 4))
     bins = [i / 20 for i in range(21)]
-    for model, values in dice_by_model.items():
-        ax.hist(values, bins=bins, alpha=0.5, label=model)
-    ax.set(xlabel="per-image Dice", ylabel="images", title="Test Dice per image", yscale="log")
-    ax.legend()
+    ax.hist(list(dice_by_model.values()), bins=bins, label=list(dice_by_model), rwidth=0.9)
+    ax.set(xlabel="per-image Dice", ylabel="test images", title="Test Dice per image (how many images, how badly)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left")
     save_figure(fig, path)
 
 

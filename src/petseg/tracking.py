@@ -22,6 +22,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 EXPS_TMP_PARTS = (".dvc", "tmp", "exps")
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = (EXPERIMENT_KIND_TAG, "custom_model_development")
 
 
 def project_root(cwd: str | Path | None = None) -> Path:
@@ -74,10 +76,15 @@ def run_tags(stage: str, model: str | None = None) -> dict[str, str]:
 class Tracker:
     """An MLflow run as a context manager whose every call is best effort."""
 
-    def __init__(self, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True):
-        self.experiment, self.run_name, self.tags = experiment, run_name, tags
+    def __init__(
+        self, experiment: str, run_name: str, tags: dict[str, str], enabled: bool = True, started: float | None = None
+    ):
+        """``started`` (time.time()) back-dates the run to when its work began, when it is logged afterwards."""
+        self.experiment, self.run_name, self.tags, self.started = experiment, run_name, tags, started
         self.enabled = enabled and os.environ.get("PETSEG_MLFLOW") != "0"  # PETSEG_MLFLOW=0: user opted out
         self.uri = tracking_uri()
+        # Decided now: mlflow.set_tracking_uri() below exports MLFLOW_TRACKING_URI itself.
+        self.default_store = "MLFLOW_TRACKING_URI" not in os.environ
         self.run_id: str | None = None
         self._mlflow: Any = None
 
@@ -118,12 +125,24 @@ class Tracker:
             experiment = mlflow.get_experiment_by_name(self.experiment)
             if experiment is None:
                 artifact_location = None
-                if self.uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+                if self.default_store:
                     # Beside the database, not in the cwd (a temporary copy during `dvc exp run --temp`).
                     artifact_location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
                 mlflow.create_experiment(self.experiment, artifact_location=artifact_location)
-            mlflow.set_experiment(self.experiment)
-            self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id
+            experiment = mlflow.set_experiment(self.experiment)
+            if EXPERIMENT_KIND_TAG not in experiment.tags:
+                # MLflow 3 opens an experiment without this tag in its GenAI view; ours holds training runs.
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *TRAINING_KIND)
+            if self.started is None:
+                self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id
+            else:
+                run = mlflow.MlflowClient().create_run(
+                    experiment.experiment_id,
+                    start_time=int(self.started * 1000),
+                    tags=self.tags,
+                    run_name=self.run_name,
+                )
+                self.run_id = mlflow.start_run(run_id=run.info.run_id).info.run_id
         except Exception as err:  # noqa: BLE001
             self._disable("start", err)
         return self

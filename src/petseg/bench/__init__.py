@@ -30,13 +30,19 @@ def report(name: str, rows: list[tuple[str, float, str]], result: dict) -> dict:
     return result
 
 
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits for the JSON: a fixed number of decimals would leave a 0.03 ratio
+    with one digit, and ratios recomputed from the saved figures would drift by more than the figures' noise."""
+    return float(f"{value:.{digits}g}")
+
+
 def report_ratio(
     name: str, ours: tuple[str, str, float], theirs: tuple[str, str, float], target: str, details: dict
 ) -> dict:
     """Two throughputs measured in one run and their ratio (ours / theirs)."""
     (our_label, our_key, our_rate), (their_label, their_key, their_rate) = ours, theirs
     ratio = our_rate / their_rate
-    result = details | {our_key: round(our_rate, 3), their_key: round(their_rate, 3), "ratio": round(ratio, 3)}
+    result = details | {our_key: significant(our_rate), their_key: significant(their_rate), "ratio": significant(ratio)}
     rows = [(their_label, their_rate, "img/s"), (our_label, our_rate, "img/s"), (f"ratio{target}", ratio, "x")]
     return report(name, rows, result)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petseg.bench import best_interleaved, report
+from petseg.bench import best_interleaved, report, significant
 from petseg.deploy.onnx_export import OnnxPredictor, export_onnx
 from petseg.errors import PetsegError
 from petseg.evaluation.predict import collect_inputs, predict_paths
@@ -56,7 +56,7 @@ def bench_infer(checkpoint: Path, images: Path, batch_size: int, sizes: list[int
             figures = {"eager_model_img_s": eager_model, "ort_model_img_s": ort_model}
             figures |= {"eager_predict_img_s": eager_e2e, "ort_predict_img_s": ort_e2e}
             figures |= {"model_speedup": ort_model / eager_model, "predict_speedup": ort_e2e / eager_e2e}
-            result["sizes"][str(size)] = {key: round(value, 3) for key, value in figures.items()}
+            result["sizes"][str(size)] = {key: significant(value) for key, value in figures.items()}
             rows += [
                 (f"{size} px: model, PyTorch eager", eager_model, "img/s"),
                 (f"{size} px: model, ONNX Runtime", ort_model, "img/s"),

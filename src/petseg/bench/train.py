@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from petseg.bench import report, timed
+from petseg.bench import report, significant, timed
 from petseg.config import Params
 from petseg.data.dataset import PreparedSplit
 from petseg.data.device_augment import training_augmentation
@@ -160,16 +160,16 @@ def _report(trainer: Trainer, size: int, batch_size: int, steps: int, rates: dic
         "augment": where,
         "workers": trainer.workers,
         "threads": torch.get_num_threads(),
-        "plain_pytorch_img_s": round(plain_rate, 3),
-        "model_only_img_s": round(model_rate, 3),
-        "data_path_img_s": round(through_data, 3),
-        "loop_vs_plain": round(model_rate / plain_rate, 3),
-        "ratio": round(through_data / model_rate, 3),
-        "gflop_per_image": round(image_flops / 1e9, 3),
-        "achieved_gflop_s": round(achieved, 2),
-        "matmul_peak_gflop_s": round(peak, 2),
-        "fraction_of_peak": round(achieved / peak, 3),
-        "plain_fraction_of_peak": round(image_flops * plain_rate / 1e9 / peak, 3),
+        "plain_pytorch_img_s": significant(plain_rate),
+        "model_only_img_s": significant(model_rate),
+        "data_path_img_s": significant(through_data),
+        "loop_vs_plain": significant(model_rate / plain_rate),
+        "ratio": significant(through_data / model_rate),
+        "gflop_per_image": significant(image_flops / 1e9),
+        "achieved_gflop_s": significant(achieved),
+        "matmul_peak_gflop_s": significant(peak),
+        "fraction_of_peak": significant(achieved / peak),
+        "plain_fraction_of_peak": significant(image_flops * plain_rate / 1e9 / peak),
     }
     peak_name = str(peak_dtype).removeprefix("torch.")
     return report(

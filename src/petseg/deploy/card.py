@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from petseg.config import MODEL_TITLES
+
 
 def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
@@ -41,7 +43,7 @@ def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict)
     counts = data["counts"]
     data_table, recipe_table = _table(_data_rows(data)), _table([(f"`{k}`", v) for k, v in sorted(recipe.items())])
     score_table, speed_table = _table(_score_rows(metrics)), _table([(k, f"{v:.1f} img/s") for k, v in speed.items()])
-    kind = "ResNet34-encoder UNet" if model == "res34" else "UNet"
+    kind = MODEL_TITLES[model]
     return f"""# petseg-{model}
 
 A {kind} that marks the pet in a photo (binary mask), trained from scratch by the petseg pipeline.

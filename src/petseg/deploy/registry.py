@@ -30,8 +30,11 @@ def version_tags(metrics: dict, split_hash: str, extra: dict[str, str]) -> dict[
     return tags | {"test_split_hash": split_hash} | extra
 
 
-def log_and_register(mlflow, model: str, checkpoint: Path, example_photo, threshold: float, tags: dict) -> str:
-    """Log the photo-taking pyfunc in the active run, register it, tag the version; returns the version."""
+def log_and_register(
+    mlflow, model: str, checkpoint: Path, example_photo, threshold: float, tags: dict
+) -> tuple[str, str]:
+    """Log the photo-taking pyfunc in the active run, register it, tag the version; returns the version and the
+    logged model's id."""
     import pandas as pd
     from mlflow.models import infer_signature
 
@@ -54,7 +57,7 @@ def log_and_register(mlflow, model: str, checkpoint: Path, example_photo, thresh
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(registered_name(model), version, key, value)
-    return version
+    return version, info.model_id
 
 
 @dataclass(frozen=True)

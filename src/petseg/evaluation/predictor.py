@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import tv_tensors
 
-from petseg.data.layout import IGNORE, sample_file
+from petseg.data.layout import sample_file
 from petseg.data.transforms import eval_transforms
-from petseg.evaluation.metrics import confusion_counts, per_image_scores
 from petseg.models.checkpoint import load_trained_model
 from petseg.progress import progress
 
@@ -64,35 +63,50 @@ def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: 
     return mask
 
 
-def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float = 0.45) -> np.ndarray:
-    """Tint ``image`` (HxWx3 uint8) where the boolean HxW ``where`` is set."""
+def outline(where: np.ndarray, thickness: int) -> np.ndarray:
+    """The pixels of ``where`` within ``thickness`` pixels of its edge (a 4-neighbour erosion repeated)."""
+    inner = where.copy()
+    for _ in range(thickness):
+        shrunk = inner.copy()
+        shrunk[1:] &= inner[:-1]
+        shrunk[:-1] &= inner[1:]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return where & ~inner
+
+
+def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float = 0.35) -> np.ndarray:
+    """Tint ``image`` (HxWx3 uint8) where the boolean HxW ``where`` is set, and draw its edge in full ``color``
+    with a dark rim, so the outline stays legible on fur of any colour."""
     out = image.astype(np.float32)
     out[where] = (1 - alpha) * out[where] + alpha * np.asarray(color, dtype=np.float32)
+    thickness = max(1, round(max(where.shape) / 160))
+    edge = outline(where, 2 * thickness)
+    out[edge] = (20, 20, 20)
+    out[outline(where, thickness)] = color
     return out.astype(np.uint8)
 
 
-TRUTH_COLOR, PRED_COLOR = (40, 200, 60), (230, 60, 40)
+# Green truth; blue prediction: the complement of the orange and brown fur most pets have.
+TRUTH_COLOR, PRED_COLOR = (40, 220, 70), (40, 140, 255)
 
 
 def write_split_masks(
     predictor: Predictor, dataset, count: int, batch_size: int, threshold: float, out_dir: Path
-) -> np.ndarray:
-    """Masks of the first ``count`` samples of a prepared split as PNG at original size; returns per-image Dice."""
-    dice = np.zeros(count)
+) -> None:
+    """Masks of the first ``count`` samples of a prepared split as PNG at original size."""
     for start in progress(range(0, count, batch_size), desc=f"infer {predictor.name}", unit=" batch"):
         stop = min(start + batch_size, count)
         probs = predictor.probabilities(dataset.images[start:stop])
-        counts = confusion_counts(probs > threshold, torch.from_numpy(np.array(dataset.masks[start:stop])), IGNORE)
-        dice[start:stop] = per_image_scores(counts)["dice"].numpy()
         for i, prob in zip(range(start, stop), probs, strict=True):
             row = dataset.rows[i]
             mask = mask_at_size(prob, int(row["width"]), int(row["height"]), threshold)
             Image.fromarray(mask).save(sample_file(out_dir, row["name"], ".png"))
-    return dice
 
 
 def best_and_worst(predictor: Predictor, dataset, dice: np.ndarray, per_side: int, threshold: float) -> list[dict]:
-    """Grid rows for the ``per_side`` best then worst cases by Dice (no case shown twice)."""
+    """Grid rows for the ``per_side`` best then worst cases by ``dice`` (one per sample; no case shown twice)."""
     order = np.argsort(-dice, kind="stable")
     best = order[:per_side].tolist()
     worst = [i for i in order[::-1][:per_side].tolist() if i not in best]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
 from petseg.config import EvaluateConfig
 from petseg.data.dataset import PreparedSplit
+from petseg.errors import PetsegError
 from petseg.evaluation.loop import PassResult, evaluate_loader
 from petseg.evaluation.metrics import bootstrap_ci, degenerate_counts, per_image_scores, summarize
 from petseg.evaluation.predictor import Predictor
@@ -24,6 +26,18 @@ HEADLINE = (
     "precision_dataset",
     "recall_dataset",
 )
+# What reports/evaluate/metrics.json keeps, so that `dvc exp show` stays readable; details.json has the rest.
+TRACKED = ("dice_per_image", "iou_per_image", "boundary_dice_per_image", "dice_dataset")
+LABELS = {
+    "dice_per_image": "Dice / image",
+    "iou_per_image": "IoU / image",
+    "boundary_dice_per_image": "boundary Dice / image",
+    "dice_dataset": "Dice (pooled)",
+    "iou_dataset": "IoU (pooled)",
+    "accuracy_dataset": "accuracy (pooled)",
+    "precision_dataset": "precision (pooled)",
+    "recall_dataset": "recall (pooled)",
+}
 
 
 def score_split(
@@ -84,6 +98,34 @@ def model_metrics(result: PassResult, rows: list[dict]) -> dict:
         for kind in species
     }
     return out
+
+
+def tracked_scores(metrics: dict) -> dict[str, float]:
+    return {key: metrics[key] for key in TRACKED}
+
+
+def per_image_table(counts_by_model: dict[str, torch.Tensor], rows: list[dict]) -> pd.DataFrame:
+    """One row per model and test image: its Dice and IoU (the infer stage picks best and worst cases from it)."""
+    frames = []
+    for model, counts in counts_by_model.items():
+        scores = per_image_scores(counts)
+        frame = pd.DataFrame.from_records(rows, columns=["name", "species", "breed"])
+        frame.insert(0, "model", model)
+        frame["dice"], frame["iou"] = scores["dice"].numpy().round(6), scores["iou"].numpy().round(6)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_per_image_dice(path: Path, model: str, names: list[str]) -> np.ndarray:
+    """``model``'s per-image test Dice from per_image.csv, in the order of ``names``."""
+    if not path.is_file():
+        raise PetsegError(f"{path}: missing; the evaluate stage writes it (dvc repro evaluate)")
+    table = pd.read_csv(path, dtype={"name": str})
+    scores = dict(zip(*table[table["model"] == model][["name", "dice"]].T.values, strict=True))
+    missing = [name for name in names if name not in scores]
+    if missing:
+        raise PetsegError(f"{path}: no {model} score for {missing[0]} (and {len(missing) - 1} more); rerun evaluate")
+    return np.array([scores[name] for name in names], dtype=float)
 
 
 def breed_table(counts_by_model: dict[str, torch.Tensor], rows: list[dict]) -> pd.DataFrame:

@@ -6,6 +6,7 @@ import csv
 import io
 from pathlib import Path
 
+from petseg.config import MODEL_TITLES
 from petseg.fileio import write_json, write_text
 from petseg.plots import plot_curves
 from petseg.training.state import HISTORY_FIELDS, TrainState
@@ -22,7 +23,7 @@ def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | list[str])
     write_text(path, buffer.getvalue())
 
 
-def write_training_reports(state: TrainState, out_dir: Path) -> list[Path]:
+def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list[Path]:
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     metrics = {
         "best_epoch": state.best_epoch,
@@ -38,16 +39,11 @@ def write_training_reports(state: TrainState, out_dir: Path) -> list[Path]:
     write_json(paths["metrics.json"], metrics)
     write_json(paths["timing.json"], timing)
     write_csv(paths["history.csv"], state.history, HISTORY_FIELDS)
-    plot_curves(
-        state.history, {"train_loss": "train", "val_loss": "valid"}, "Loss (BCE + Dice)", "loss", paths["loss.png"]
-    )
-    plot_curves(
-        state.history,
-        {"val_dice": "valid Dice", "val_iou": "valid IoU"},
-        "Validation overlap",
-        "score",
-        paths["dice.png"],
-    )
+    title = f"{MODEL_TITLES[model]}: "
+    losses = {"train_loss": "train", "val_loss": "valid"}
+    plot_curves(state.history, losses, title + "loss (BCE + Dice)", "loss", paths["loss.png"], state.best_epoch)
+    overlap = {"val_dice": "valid Dice", "val_iou": "valid IoU"}
+    plot_curves(state.history, overlap, title + "validation overlap", "score", paths["dice.png"], state.best_epoch)
     return list(paths.values())
 
 
