@@ -47,6 +47,8 @@ def test_comparison_labels_are_readable_and_never_overlap(figures, tmp_path):
     fig.canvas.draw()
     boxes = [text.get_window_extent() for text in ax.texts]
     assert len(boxes) == 2 * len(LABELS)
+    legend = ax.get_legend().get_window_extent()
+    assert not [box for box in boxes + [bar.get_window_extent() for bar in ax.patches] if box.overlaps(legend)]
     assert not [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]
 
 

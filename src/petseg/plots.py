@@ -53,7 +53,7 @@ def plot_model_comparison(metrics: dict[str, dict[str, float]], labels: dict[str
     ax.set_yticks([k + height * (len(models) - 1) / 2 for k in range(len(keys))], [labels[k] for k in keys])
     ax.invert_yaxis()  # the headline Dice on top
     ax.set(xlim=(0, 1.12), xlabel="score (error bar: 95 % bootstrap interval)", title="Test set: models compared")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the axes: no bar or label under it
     save_figure(fig, path)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+# A stage prints its own one-line summaries; MLflow's per-artifact progress bars would bury them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 EXPS_TMP_PARTS = (".dvc", "tmp", "exps")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

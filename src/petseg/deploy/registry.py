@@ -4,6 +4,7 @@ dropping by more than `promote.max_species_drop`)."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,19 +41,26 @@ def log_and_register(
 
     example = pd.DataFrame({INPUT_COLUMN: [encode_png(example_photo)]})
     output = pd.DataFrame({"mask_png": ["iVBORw0KGgo="], "foreground_fraction": [0.5], "error": [""]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        info = mlflow.pyfunc.log_model(
-            name=registered_name(model),
-            python_model=PetsegSegmenter(),
-            artifacts={"checkpoint": str(checkpoint)},
-            model_config={"threshold": threshold},
-            signature=infer_signature(example, output),
-            input_example=example,
-            # Explicit requirements skip MLflow's slow inference of them.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pillow", "pandas", "petseg"],
-            registered_model_name=registered_name(model),
-        )
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    # Its CloudPickle warning concerns loading models from untrusted stores; this one is our own, just written.
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pyfunc.log_model(
+                name=registered_name(model),
+                python_model=PetsegSegmenter(),
+                artifacts={"checkpoint": str(checkpoint)},
+                model_config={"threshold": threshold},
+                signature=infer_signature(example, output),
+                input_example=example,
+                # Explicit requirements skip MLflow's slow inference of them.
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pillow", "pandas", "petseg"],
+                registered_model_name=registered_name(model),
+            )
+    finally:
+        pyfunc_log.setLevel(level)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in tags.items():
