@@ -78,6 +78,26 @@ class InterruptAfterEpoch:
             raise Interrupt
 
 
+@pytest.mark.parametrize("best_behind", [False, True], ids=["best-is-last", "best-epoch-behind"])
+def test_resume_point_copies_the_best_weights_only_when_they_are_not_the_saved_ones(project, monkeypatch, best_behind):
+    if best_behind:  # a falling validation Dice keeps epoch 1 the best
+        validate = Trainer.validate
+        monkeypatch.setattr(Trainer, "validate", lambda self, *a: validate(self, *a) | {"val_dice": 1 / a[1]})
+    select_by = "dice" if best_behind else "last"
+    overrides = {"train": {"common": {"select_by": select_by}, "unet": {"epochs": 3, "warmup_epochs": 1}}}
+    run_training(project, overrides=overrides)
+    saved = load_checkpoint(project / "models" / "unet.last.pt")
+    best = load_checkpoint(project / "models" / "unet.pt")
+    assert best["epoch"] == (1 if best_behind else 3)
+    assert (saved["best_state_dict"] is not None) == best_behind
+    kept = saved["best_state_dict"] if best_behind else saved["state_dict"]
+    assert all(torch.equal(kept[key], value) for key, value in best["state_dict"].items())
+    (project / "models" / "unet.pt").unlink()
+    run_training(project, overrides=overrides)  # resumes after epoch 3: the best weights come from the file
+    again = load_checkpoint(project / "models" / "unet.pt")
+    assert all(torch.equal(again["state_dict"][key], value) for key, value in best["state_dict"].items())
+
+
 @pytest.mark.parametrize(
     ("on_device", "schedule"),
     [(False, "plateau"), (True, "plateau"), (False, "cosine")],

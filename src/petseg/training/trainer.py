@@ -28,13 +28,7 @@ from petseg.evaluation.metrics import degenerate_counts, summarize
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_count, save_checkpoint
 from petseg.progress import progress
-from petseg.runtime import (
-    autocast_context,
-    configure_threads,
-    loader_workers,
-    make_deterministic,
-    seed_everything,
-)
+from petseg.runtime import autocast_context, configure_threads, loader_workers, make_deterministic, seed_everything
 from petseg.schema import to_flat_dict
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
 from petseg.training.loaders import downsized, training_datasets
@@ -206,14 +200,17 @@ class Trainer:
             return
         for key, part in self._resumable().items():
             part.load_state_dict(saved[key])
-        self.state, self.best_weights = TrainState(**saved["train_state"]), saved["best_state_dict"]
+        self.state, best = TrainState(**saved["train_state"]), saved["best_state_dict"]
+        self.best_weights = saved["state_dict"] if best is None else best  # None: the saved epoch is the best
         self.saved_epoch = self.state.epoch
         self.say(f"resuming after epoch {self.state.epoch} from {path}")
 
     def save_resume_point(self, path: Path, fingerprint: str) -> None:
         parts = {key: part.state_dict() for key, part in self._resumable().items()}
         parts["state_dict"] = cpu_state_dict(self.model)
-        extra = {"fingerprint": fingerprint, "best_state_dict": self.best_weights, "train_state": asdict(self.state)}
+        # The best weights again only when the best epoch lies behind (never with select_by: last): 1/4 of the file.
+        best = None if self.state.best_epoch == self.state.epoch else self.best_weights
+        extra = {"fingerprint": fingerprint, "best_state_dict": best, "train_state": asdict(self.state)}
         save_checkpoint(path, parts | extra)
         self.saved_epoch = self.state.epoch
 
