@@ -85,8 +85,8 @@ class Tracker:
         self.experiment, self.run_name, self.tags, self.started = experiment, run_name, tags, started
         self.enabled = enabled and os.environ.get("PETSEG_MLFLOW") != "0"  # PETSEG_MLFLOW=0: user opted out
         self.uri = tracking_uri()
-        # Decided now: mlflow.set_tracking_uri() below exports MLFLOW_TRACKING_URI itself.
-        self.default_store = "MLFLOW_TRACKING_URI" not in os.environ
+        # Compared, not read from the environment: mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI itself.
+        self.default_store = self.uri == default_tracking_uri()
         self.run_id: str | None = None
         self._mlflow: Any = None
 
@@ -133,7 +133,7 @@ class Tracker:
                 mlflow.create_experiment(self.experiment, artifact_location=artifact_location)
             experiment = mlflow.set_experiment(self.experiment)
             if EXPERIMENT_KIND_TAG not in experiment.tags:
-                # MLflow 3 opens an experiment without this tag in its GenAI view; ours holds training runs.
+                # MLflow 3 UIs that read the tag open the experiment on its runs, not on the GenAI view.
                 mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *TRAINING_KIND)
             if self.started is None:
                 self.run_id = mlflow.start_run(run_name=self.run_name, tags=self.tags).info.run_id

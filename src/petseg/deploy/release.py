@@ -17,8 +17,8 @@ from petseg.schema import to_flat_dict
 from petseg.tracking import Tracker, dvc_experiment_name, git_commit
 
 
-def test_metrics(metrics: dict) -> dict[str, float]:
-    """The numeric scores of metrics.json's entry for one model, as MLflow metrics."""
+def mlflow_scores(metrics: dict) -> dict[str, float]:
+    """The numeric test scores of one model (its details.json entry) as MLflow metrics, `test_` before each."""
     return {f"test_{k}": v for k, v in metrics.items() if isinstance(v, int | float)}
 
 
@@ -31,14 +31,14 @@ def log_evaluation(
     if training_run := tracker.latest_run_id(f"train_{model}", model):
         tracker.set_tags({"training_run_id": training_run})
     tracker.log_params(to_flat_dict(params.evaluate, "evaluate."))
-    tracker.log_metrics(test_metrics(metrics))
+    tracker.log_metrics(mlflow_scores(metrics))
     digest = hashlib.sha256(json.dumps(to_flat_dict(params), sort_keys=True, default=str).encode()).hexdigest()
     extra = {"git_commit": git_commit() or "unknown", "dvc_exp_name": dvc_experiment_name(), "params_digest": digest}
     tags = version_tags(metrics, read_meta(prepared_dir)["split_lists"], extra)
 
     def register(mlflow) -> str:
         version, model_id = log_and_register(mlflow, model, checkpoint, photo, params.evaluate.threshold, tags)
-        mlflow.log_metrics(test_metrics(metrics), model_id=model_id)
+        mlflow.log_metrics(mlflow_scores(metrics), model_id=model_id)
         return version
 
     if version := tracker.best_effort("registering the model", register):

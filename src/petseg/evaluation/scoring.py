@@ -16,16 +16,6 @@ from petseg.evaluation.loop import PassResult, evaluate_loader
 from petseg.evaluation.metrics import bootstrap_ci, degenerate_counts, per_image_scores, summarize
 from petseg.evaluation.predictor import Predictor
 
-HEADLINE = (
-    "dice_per_image",
-    "iou_per_image",
-    "boundary_dice_per_image",
-    "dice_dataset",
-    "iou_dataset",
-    "accuracy_dataset",
-    "precision_dataset",
-    "recall_dataset",
-)
 # What reports/evaluate/metrics.json keeps, so that `dvc exp show` stays readable; details.json has the rest.
 TRACKED = ("dice_per_image", "iou_per_image", "boundary_dice_per_image", "dice_dataset")
 LABELS = {
@@ -38,6 +28,7 @@ LABELS = {
     "precision_dataset": "precision (pooled)",
     "recall_dataset": "recall (pooled)",
 }
+HEADLINE = tuple(LABELS)  # what the evaluate stage prints and compares in comparison.png
 
 
 def score_split(
@@ -121,7 +112,8 @@ def read_per_image_dice(path: Path, model: str, names: list[str]) -> np.ndarray:
     if not path.is_file():
         raise PetsegError(f"{path}: missing; the evaluate stage writes it (dvc repro evaluate)")
     table = pd.read_csv(path, dtype={"name": str})
-    scores = dict(zip(*table[table["model"] == model][["name", "dice"]].T.values, strict=True))
+    ours = table[table["model"] == model]
+    scores = dict(zip(ours["name"], ours["dice"], strict=True))
     missing = [name for name in names if name not in scores]
     if missing:
         raise PetsegError(f"{path}: no {model} score for {missing[0]} (and {len(missing) - 1} more); rerun evaluate")
