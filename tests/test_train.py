@@ -17,6 +17,7 @@ from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
 from petseg.training.reports import TIMING_FIELDS, write_training_reports
+from petseg.training.state import code_digest
 from petseg.training.trainer import Trainer, TrainPaths
 
 
@@ -136,8 +137,28 @@ def test_device_augmentation_gets_the_cached_uint8_batches(project, monkeypatch)
 def test_checkpoint_from_other_params_is_not_resumed(project, capsys):
     run_training(project)
     state, _ = run_training(project, overrides={"train": {"unet": {"lr": 0.001}}})
-    assert "is from other params or data; starting over" in capsys.readouterr().out
+    assert "is from other params, data or code; starting over" in capsys.readouterr().out
     assert state.epoch == 2 and len(state.history) == 2
+
+
+def test_a_finished_run_of_other_code_is_trained_again_not_resumed(project, capsys, monkeypatch):
+    run_training(project)
+    run_training(project)
+    assert "resuming after epoch 2" in capsys.readouterr().out  # the very same run: nothing to train
+    monkeypatch.setattr("petseg.training.state.code_digest", lambda: "the digest after an edit to petseg's source")
+    state, _ = run_training(project)
+    assert "is from other params, data or code; starting over" in capsys.readouterr().out
+    assert state.epoch == 2 and len(state.history) == 2
+
+
+def test_code_digest_follows_every_source_file(tmp_path, monkeypatch):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    monkeypatch.setattr("petseg.training.state.PACKAGE_DIR", tmp_path)
+    before = code_digest()
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert code_digest() != before
 
 
 def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(project, monkeypatch):

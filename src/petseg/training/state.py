@@ -33,6 +33,18 @@ class TrainPaths:
     last: Path  # models/<model>.last.pt
 
 
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def code_digest() -> str:
+    """sha256 of petseg's own source: DVC re-runs a training stage when its code changed, and that run must train
+    with the new code, not resume (and so return) the finished run of the old one."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def run_fingerprint(name: str, params: Params, meta: dict) -> str:
     """What a resumable run depends on; a different fingerprint means start over."""
     relevant = {
@@ -40,6 +52,7 @@ def run_fingerprint(name: str, params: Params, meta: dict) -> str:
         "config": asdict(params.train.model(name)),
         "common": {k: v for k, v in asdict(params.train.common).items() if not result_neutral(f"train.common.{k}")},
         "data": meta,
+        "code": code_digest(),
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 

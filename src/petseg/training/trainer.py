@@ -196,7 +196,7 @@ class Trainer:
             return
         saved = load_checkpoint(path)
         if saved.get("fingerprint") != fingerprint:
-            self.say(f"{path} is from other params or data; starting over")
+            self.say(f"{path} is from other params, data or code; starting over")
             return
         for key, part in self._resumable().items():
             part.load_state_dict(saved[key])
