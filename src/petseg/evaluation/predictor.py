@@ -63,17 +63,23 @@ def mask_at_size(probability: torch.Tensor, width: int, height: int, threshold: 
     return mask
 
 
+def shrunk(where: np.ndarray, steps: int) -> np.ndarray:
+    """The boolean HxW ``where`` eroded ``steps`` times by its 4 neighbours. In NumPy rather than with the max-pool
+    erosion of `metrics.outline_band`: for a 2048 px overlay's outline and rim that took 1.0 s here, this 0.08 s."""
+    inner = where
+    for _ in range(steps):
+        step = inner.copy()
+        step[1:] &= inner[:-1]
+        step[:-1] &= inner[1:]
+        step[:, 1:] &= inner[:, :-1]
+        step[:, :-1] &= inner[:, 1:]
+        inner = step
+    return inner
+
+
 def outline(where: np.ndarray, thickness: int) -> np.ndarray:
-    """The pixels of ``where`` within ``thickness`` pixels of its edge (a 4-neighbour erosion repeated)."""
-    inner = where.copy()
-    for _ in range(thickness):
-        shrunk = inner.copy()
-        shrunk[1:] &= inner[:-1]
-        shrunk[:-1] &= inner[1:]
-        shrunk[:, 1:] &= inner[:, :-1]
-        shrunk[:, :-1] &= inner[:, 1:]
-        inner = shrunk
-    return where & ~inner
+    """The pixels of ``where`` within ``thickness`` pixels of its edge."""
+    return where & ~shrunk(where, thickness)
 
 
 def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], alpha: float = 0.35) -> np.ndarray:
@@ -82,9 +88,9 @@ def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], a
     out = image.astype(np.float32)
     out[where] = (1 - alpha) * out[where] + alpha * np.asarray(color, dtype=np.float32)
     thickness = max(1, round(max(where.shape) / 160))
-    edge = outline(where, 2 * thickness)
-    out[edge] = (20, 20, 20)
-    out[outline(where, thickness)] = color
+    line = shrunk(where, thickness)
+    out[where & ~shrunk(line, thickness)] = (20, 20, 20)  # the rim: the next ``thickness`` pixels inwards
+    out[where & ~line] = color
     return out.astype(np.uint8)
 
 
