@@ -14,6 +14,7 @@ from petseg.schema import to_flat_dict
 # The report's recipe as published (with the mask flipped along with the photo: its one bug is never copied).
 REPORT = {
     "train.common.select_by": "dice",
+    "train.common.amp": False,
     "train.common.progressive_scale": 1.0,
     "train.common.progressive_until": 0.0,
     "train.unet.base_channels": 64,
@@ -57,6 +58,7 @@ def test_the_shipped_recipe_differs_from_the_report_where_the_readme_says():
     per_model = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
     assert changed == {
         "train.common.select_by",
+        "train.common.amp",
         "train.common.progressive_scale",
         "train.common.progressive_until",
         "train.unet.batch_norm",

@@ -14,6 +14,7 @@ from petseg.errors import PetsegError
 from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, non_finite_count
+from petseg.runtime import autocast_context, native_amp
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
 from petseg.training.reports import TIMING_FIELDS, write_training_reports
@@ -97,6 +98,17 @@ def test_resume_point_copies_the_best_weights_only_when_they_are_not_the_saved_o
     run_training(project, overrides=overrides)  # resumes after epoch 3: the best weights come from the file
     again = load_checkpoint(project / "models" / "unet.pt")
     assert all(torch.equal(again["state_dict"][key], value) for key, value in best["state_dict"].items())
+
+
+def test_resume_points_wait_for_checkpoint_minutes_but_the_last_epoch_is_always_saved(project, capsys):
+    overrides = {"train": {"common": {"checkpoint_minutes": 60}, "unet": {"epochs": 3, "warmup_epochs": 1}}}
+    with pytest.raises(Interrupt):
+        run_training(project, overrides=overrides, tracker=InterruptAfterEpoch(2))
+    assert not (project / "models" / "unet.last.pt").exists()  # an hour had not passed: nothing written yet
+    run_training(project, overrides=overrides)
+    assert load_checkpoint(project / "models" / "unet.last.pt")["train_state"]["epoch"] == 3
+    run_training(project, overrides=overrides)
+    assert "resuming after epoch 3" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -189,7 +201,8 @@ def test_non_finite_weights_stop_training_and_are_never_saved(project, monkeypat
         result = real_epoch(self, loader, epoch, augment, check_every)
         if epoch == bad_epoch:  # the loss was finite, but the step left an infinite weight behind
             with torch.no_grad():
-                next(self.model.parameters()).view(-1)[0] = float("inf")
+                weight = next(self.model.parameters())
+                weight[(0,) * weight.dim()] = float("inf")
         return result
 
     monkeypatch.setattr(Trainer, "train_one_epoch", diverging)
@@ -317,3 +330,14 @@ def test_warmup_cosine_follows_steps_and_the_time_budget():
     assert by_steps[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)])  # cosine to 0
     by_time = lrs(10, 0, 100.0, lambda step: 50.0 * (step + 1))  # the budget runs out after 2 of 10 steps
     assert by_time[1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5))) and by_time[2:] == pytest.approx([0.0] * 9)
+
+
+@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, False)])
+def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, expected):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert native_amp("auto", cpu) == expected
+    assert native_amp("fp16", cpu) == "fp16" and native_amp(False, cpu) is False
+    with autocast_context(cpu, "auto"):
+        assert torch.is_autocast_enabled("cpu") == amx
+        assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -74,7 +74,7 @@ def _add_throughput_benches(which) -> None:
     train.add_argument("--batch-size", type=_positive, default=8)
     train.add_argument("--steps", type=_non_negative, default=0, help="0 = 3 on CPU, 100 on CUDA")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision")
+    train.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off", help="mixed precision")
     train.add_argument("--channels-last", action="store_true")
     train.add_argument("--compile", action="store_true", help="torch.compile the model")
     train.add_argument("--augment-on-device", action="store_true", help="augment batches on the device")

@@ -28,6 +28,7 @@ RESULT_NEUTRAL = frozenset(
         "prepare.checksums",
         "train.common.threads",
         "train.common.num_workers",
+        "train.common.checkpoint_minutes",
         "evaluate.batch_size",
         "tracking.experiment",
         "promote.max_species_drop",  # read by `petseg promote`, which is no DVC stage
@@ -119,7 +120,7 @@ class LossConfig:
 class TrainCommonConfig:
     seed: int
     device: Literal["auto", "cpu", "cuda"]
-    amp: Literal[False, "bf16", "fp16"]  # mixed precision on CUDA
+    amp: Literal[False, "auto", "bf16", "fp16"]  # mixed precision; auto: bf16 where the device runs it natively
     channels_last: bool
     compile: bool
     threads: int  # torch intra-op threads; 0 = one per core
@@ -127,6 +128,7 @@ class TrainCommonConfig:
     nproc: int  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
     select_by: Literal["dice", "loss", "last"]  # which epoch's weights become models/<model>.pt
     max_minutes: float  # time budget for training; 0 = none (then only `epochs` bounds it)
+    checkpoint_minutes: float  # the resume point is written at most this often (and after the last epoch); 0 = always
     progressive_scale: float  # train at this fraction of the prepared size first (1 = always at the prepared size)
     progressive_until: float  # ... until this fraction of the training (epochs or budget) has passed
     augment: AugmentConfig
@@ -134,6 +136,7 @@ class TrainCommonConfig:
 
     def validate(self, key: str) -> None:
         _check(self.max_minutes >= 0, f"{key}.max_minutes", ">= 0 (0 = no time budget)", self.max_minutes)
+        _check(self.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", ">= 0", self.checkpoint_minutes)
         _check(0 < self.progressive_scale <= 1, f"{key}.progressive_scale", "in (0, 1]", self.progressive_scale)
         _check(0 <= self.progressive_until <= 1, f"{key}.progressive_until", "in [0, 1]", self.progressive_until)
         _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
@@ -189,12 +192,8 @@ class Res34TrainConfig(ModelTrainConfig):
 
     def validate(self, key: str) -> None:
         super().validate(key)
-        _check(
-            self.weights_path is None or self.pretrained == "imagenet",
-            f"{key}.weights_path",
-            "null unless pretrained is 'imagenet'",
-            self.weights_path,
-        )
+        offline_imagenet = self.weights_path is None or self.pretrained == "imagenet"
+        _check(offline_imagenet, f"{key}.weights_path", "null unless pretrained is 'imagenet'", self.weights_path)
 
 
 @dataclass(frozen=True)

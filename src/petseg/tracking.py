@@ -7,7 +7,6 @@ fails at any point, we warn once and carry on without it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import subprocess
 import sys
@@ -190,34 +189,3 @@ class Tracker:
         for path in paths:
             if path.exists():
                 self._safe("log_artifact", lambda p=path: self._mlflow.log_artifact(str(p), artifact_path))
-
-    def log_model(self, model: Any, input_example: Any, name: str = "model") -> None:
-        """``model`` in MLflow's default pt2 format (traced with ``input_example``), with a signature from one
-        forward pass: MLflow then neither infers one nor reloads the model to check the example (~1.5 s a run)."""
-
-        def log() -> None:
-            import mlflow.pytorch
-            import torch
-            import torchvision
-            from mlflow.models import infer_signature
-
-            # Tracing for the pt2 format logs shape-specialisation notes.
-            logging.getLogger("torch._export").setLevel(logging.ERROR)
-            with torch.no_grad():
-                output = model(torch.from_numpy(input_example)).numpy()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mlflow.pytorch.log_model(
-                    model,
-                    name=name,
-                    input_example=input_example,
-                    signature=infer_signature(input_example, output),
-                    validate_serving_input=False,
-                    # Explicit requirements skip MLflow's slow subprocess-based inference.
-                    pip_requirements=[
-                        f"torch=={torch.__version__.split('+')[0]}",
-                        f"torchvision=={torchvision.__version__.split('+')[0]}",
-                    ],
-                )
-
-        self._safe("log_model", log)

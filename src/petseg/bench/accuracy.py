@@ -29,6 +29,7 @@ from petseg.training.trainer import Trainer, TrainPaths
 # (here of the photo and its mask together: the report flipped the photo alone), no schedule, no validation.
 REFERENCE_MODEL_PARAMS = {"unet": {"base_channels": 64, "batch_norm": False}, "res34": {"pretrained": False}}
 REFERENCE_LR, REFERENCE_BATCH = 1e-3, 16
+UNTIL_BUDGET = 100_000  # epochs: more than any budget holds
 
 
 def _bce_soft_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,10 @@ def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int) -> dic
 def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Params) -> dict:
     """Both recipes for ``budget_s`` of training each on ``params.prepare``'s split of ``source``; JSON and a table."""
     common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common))
+    # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
+    until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=UNTIL_BUDGET)}
+    train = dataclasses.replace(params.train, common=common, **until_budget)
+    params = dataclasses.replace(params, train=train)
     configure_threads(common.threads)
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))

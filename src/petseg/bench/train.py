@@ -18,7 +18,7 @@ from petseg.data.dataset import PreparedSplit
 from petseg.data.device_augment import training_augmentation
 from petseg.data.layout import images_path, list_path, masks_path, write_split_csv
 from petseg.models import normalization
-from petseg.runtime import autocast_context
+from petseg.runtime import autocast_context, native_amp
 from petseg.training.trainer import Trainer
 
 
@@ -119,7 +119,8 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, params:
     image_flops = flops_per_image(trainer, images, masks)
     trainer_steps(trainer, [(images, masks)])  # warm-up (and compilation)
     # Under AMP a GPU's yardstick is its half-precision matmul; a CPU's stays fp32 (its bf16 matmul is emulated).
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(common.amp, torch.float32)
+    amp = native_amp(common.amp, device)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
     peak_dtype = half if device.type == "cuda" else torch.float32
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
@@ -154,7 +155,7 @@ def _report(trainer: Trainer, size: int, batch_size: int, steps: int, rates: dic
         "batch_size": batch_size,
         "steps": steps,
         "device": str(trainer.device),
-        "amp": common.amp,
+        "amp": native_amp(common.amp, trainer.device),
         "channels_last": common.channels_last,
         "compile": common.compile,
         "augment": where,

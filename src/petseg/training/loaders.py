@@ -36,3 +36,10 @@ def downsized(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[tor
     images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
     masks = F.interpolate(masks.float(), size=(size, size), mode="nearest").to(masks.dtype)
     return images, masks
+
+
+def progressive_size(image_size: int, common: TrainCommonConfig, progress: float) -> int:
+    """Progressive resizing: the smaller training size (a multiple of 32) while less than ``progressive_until`` of
+    the training (``progress``, 0-1) has passed, else 0 (train at the prepared size)."""
+    size = max(32, round(image_size * common.progressive_scale / 32) * 32)
+    return size if progress < common.progressive_until and size < image_size else 0

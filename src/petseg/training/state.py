@@ -58,4 +58,7 @@ def run_fingerprint(name: str, params: Params, meta: dict) -> str:
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # Plain contiguous tensors in every checkpoint, also from a channels_last model.
+    return {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in model.state_dict().items()
+    }

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -31,7 +30,7 @@ from petseg.progress import progress
 from petseg.runtime import autocast_context, configure_threads, loader_workers, make_deterministic, seed_everything
 from petseg.schema import to_flat_dict
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
-from petseg.training.loaders import downsized, training_datasets
+from petseg.training.loaders import downsized, progressive_size, training_datasets
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
@@ -67,6 +66,7 @@ class Trainer:
         self.pin_memory = self.device.type == "cuda"
         self.image_size = 0  # known once fit() reads the prepared data
         self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
+        self._saved_at = time.perf_counter()  # when that resume point was written (or this run started)
         self.train_size = 0  # progressive resizing: the size batches are trained at this epoch; 0 = as they come
 
     def say(self, message: str) -> None:
@@ -169,7 +169,8 @@ class Trainer:
         return PetsegError(f"train_{self.name}: {what}; lower train.{self.name}.lr or check the data. {kept}")
 
     def should_stop(self) -> bool:
-        if self.budget_s and self.state.elapsed_seconds >= self.budget_s:
+        # Every process must agree, or the others would wait forever in the next all-reduce.
+        if not self.context.all_true(not self.budget_s or self.state.elapsed_seconds < self.budget_s):
             minutes = self.state.elapsed_seconds / 60
             spent = f"{minutes:.1f} of {self.common.max_minutes:.1f} minutes"
             self.say(f"time budget reached: {spent}, {self.state.epoch} epochs")
@@ -212,15 +213,37 @@ class Trainer:
         best = None if self.state.best_epoch == self.state.epoch else self.best_weights
         extra = {"fingerprint": fingerprint, "best_state_dict": best, "train_state": asdict(self.state)}
         save_checkpoint(path, parts | extra)
-        self.saved_epoch = self.state.epoch
+        self.saved_epoch, self._saved_at = self.state.epoch, time.perf_counter()
+
+    def _resume_point_due(self) -> bool:
+        """After every epoch, or (``checkpoint_minutes``) once that long has passed since the last one: a 300 MB
+        file per 3-second epoch would cost a fifth of the training time. The final epoch is always saved."""
+        return time.perf_counter() - self._saved_at >= self.common.checkpoint_minutes * 60
 
     def _valid_loader(self, valid_set: PreparedSplit) -> DataLoader:
         rank, world = self.context.rank, self.context.world_size
         shard = Subset(valid_set, range(rank, len(valid_set), world))
         return DataLoader(shard, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.pin_memory)
 
+    def _epoch_loader(
+        self, train_set: PreparedSplit, sampler: DistributedSampler, epoch: int
+    ) -> tuple[DataLoader, int]:
+        """(the epoch's batches, its seed). Per-epoch seeds: a resumed run replays exactly the augmentations and batch
+        order of an uninterrupted one."""
+        epoch_seed = self.common.seed * 100_003 + epoch * 1_009 + self.context.rank
+        torch.manual_seed(epoch_seed)
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(epoch_seed)
+        options = {"num_workers": self.workers, "pin_memory": self.pin_memory, "generator": generator}
+        return DataLoader(train_set, self.batch_size, sampler=sampler, drop_last=True, **options), epoch_seed
+
+    def _progress(self, epoch: int) -> float:
+        """How much of the training (0-1) has passed as ``epoch`` starts: of the epochs or of the time budget."""
+        return max((epoch - 1) / self.cfg.epochs, self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0)
+
     def fit(self, prepared_dir: Path, paths: TrainPaths, tracker=None) -> TrainState:
-        """Train to ``epochs`` (or an early stop), checkpointing every epoch; writes the best model at the end."""
+        """Train to ``epochs`` (or an early stop or the time budget), with resume points every ``checkpoint_minutes``
+        and after the last epoch; writes the best model at the end."""
         meta = read_meta(prepared_dir)
         self.image_size = meta["image_size"]
         train_set, valid_set, device_augment = training_datasets(
@@ -240,21 +263,9 @@ class Trainer:
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
-            # Per-epoch seeds: a resumed run replays exactly the augmentations of an uninterrupted one.
-            epoch_seed = self.common.seed * 100_003 + epoch * 1_009 + self.context.rank
-            torch.manual_seed(epoch_seed)
-            sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_set,
-                batch_size=self.batch_size,
-                sampler=sampler,
-                drop_last=True,
-                num_workers=self.workers,
-                pin_memory=self.pin_memory,
-                generator=torch.Generator().manual_seed(epoch_seed),
-            )
+            loader, epoch_seed = self._epoch_loader(train_set, sampler, epoch)
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
-            self.train_size = self._progressive_size(epoch)
+            self.train_size = progressive_size(self.image_size, self.common, self._progress(epoch))
             try:
                 loss_sum, seen = self.train_one_epoch(loader, epoch, augment)
             except PetsegError as err:
@@ -265,11 +276,14 @@ class Trainer:
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
-            if self.context.is_main:
+            if self.context.is_main and self._resume_point_due():
                 self.save_resume_point(paths.last, fingerprint)
+            self.state.elapsed_seconds += time.perf_counter() - started - row["epoch_seconds"]  # the budget counts it
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             self.say(epoch_line(row, self.cfg.epochs, self.state.best_epoch == row["epoch"]))
+        if self.context.is_main and self.saved_epoch != self.state.epoch:
+            self.save_resume_point(paths.last, fingerprint)
         # Written once at the end (a resumed or already finished run too): its presence means a finished run.
         if self.context.is_main:
             payload = model_payload(self.name, self.model_params, meta["image_size"], self.best_weights)
@@ -278,18 +292,6 @@ class Trainer:
         self.context.barrier()
         return self.state
 
-    def _progressive_size(self, epoch: int) -> int:
-        """The smaller training size (a multiple of 32) while less than ``progressive_until`` of the training has
-        passed, else 0 (the prepared size)."""
-        by_epochs = (epoch - 1) / self.cfg.epochs
-        by_time = self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0
-        size = max(32, round(self.image_size * self.common.progressive_scale / 32) * 32)
-        early = max(by_epochs, by_time) < self.common.progressive_until
-        return size if early and size < self.image_size else 0
-
     def best_model(self) -> nn.Module:
         """The best epoch's weights in a fresh eval-mode CPU model (no DDP or compile wrapper)."""
         return model_from_weights(self.name, self.model_params, self.best_weights)
-
-    def example_input(self) -> np.ndarray:
-        return np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32)
