@@ -338,6 +338,6 @@ def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert native_amp("auto", cpu) == expected
     assert native_amp("fp16", cpu) == "fp16" and native_amp(False, cpu) is False
-    with autocast_context(cpu, "auto"):
+    with autocast_context(cpu, native_amp("auto", cpu)):
         assert torch.is_autocast_enabled("cpu") == amx
         assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16

@@ -65,8 +65,8 @@ def native_amp(amp: str | bool, device: torch.device) -> str | bool:
 
 
 def autocast_context(device: torch.device, amp: str | bool):
-    """Mixed precision per ``train.common.amp`` (false | auto | bf16 | fp16); a no-op when off."""
-    amp = native_amp(amp, device)
+    """Mixed precision per a resolved ``train.common.amp`` (false | bf16 | fp16, see :func:`native_amp`); a no-op
+    when off."""
     if not amp:
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

@@ -64,10 +64,11 @@ def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int)
     return model.eval(), epochs
 
 
-def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int) -> dict:
+def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: bool) -> dict:
     """Test-split scores by the evaluate stage's own code (0.5/0.5 normalization, as both sides train with it)."""
     dataset = PreparedSplit(prepared, "test", eval_transforms(HALF_MEAN, HALF_STD))
-    result = evaluate_loader(model, DataLoader(dataset, 16), torch.device("cpu"), 0.5, boundary_px=boundary_px)
+    loader, cpu = DataLoader(dataset, 16), torch.device("cpu")
+    result = evaluate_loader(model, loader, cpu, 0.5, boundary_px=boundary_px, tta=tta)
     scores = summarize(result.counts)
     low, high = bootstrap_ci(per_image_scores(result.counts)["dice"].numpy())
     return {"dice_per_image": scores["dice_per_image"], "dice_dataset": scores["dice_dataset"], "ci95": [low, high]}
@@ -89,8 +90,9 @@ def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Param
         ours = Trainer(model_name, params)
         state = ours.fit(prepared, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
         boundary_px = params.evaluate.boundary_px
-        sides = {"reference": test_scores(reference, prepared, boundary_px)}
-        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px)
+        # Each side scored as its recipe evaluates: the report's without test-time augmentation, ours per evaluate.tta.
+        sides = {"reference": test_scores(reference, prepared, boundary_px, tta=False)}
+        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, params.evaluate.tta == "hflip")
     sides["reference"]["epochs"], sides["petseg"]["epochs"] = reference_epochs, state.epoch
     gain = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
     rows = [

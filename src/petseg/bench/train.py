@@ -66,7 +66,7 @@ def plain_steps(trainer: Trainer, images: torch.Tensor, masks: torch.Tensor, ste
     trainer.model.train()
     targets = masks.float()
     for _ in range(steps):
-        with autocast_context(trainer.device, trainer.common.amp):
+        with autocast_context(trainer.device, trainer.amp):
             loss = F.binary_cross_entropy_with_logits(trainer.forward(images), targets)
         trainer.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,9 +120,8 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, params:
     trainer_steps(trainer, [(images, masks)])  # warm-up (and compilation)
     # Under AMP the yardstick is the half-precision matmul where the device runs it natively (a GPU, a CPU's bf16 on
     # AMX tiles: 2.2 TFLOP/s against fp32's 0.4 on this project's machine); elsewhere a CPU's stays fp32 (emulated).
-    amp = native_amp(common.amp, device)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
-    peak_dtype = half if device.type == "cuda" or amp == native_amp("auto", device) else torch.float32
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.amp, torch.float32)
+    peak_dtype = half if device.type == "cuda" or trainer.amp == native_amp("auto", device) else torch.float32
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         _synthetic_prepared(Path(tmp), size, steps * batch_size)
@@ -156,7 +155,7 @@ def _report(trainer: Trainer, size: int, batch_size: int, steps: int, rates: dic
         "batch_size": batch_size,
         "steps": steps,
         "device": str(trainer.device),
-        "amp": native_amp(common.amp, trainer.device),
+        "amp": trainer.amp,
         "channels_last": common.channels_last,
         "compile": common.compile,
         "augment": where,

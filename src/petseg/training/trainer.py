@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from petseg import runtime
 from petseg.config import Params
 from petseg.data.dataset import PreparedSplit
 from petseg.data.device_augment import BatchTransform
@@ -27,7 +28,6 @@ from petseg.evaluation.metrics import degenerate_counts, summarize
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_count, save_checkpoint
 from petseg.progress import progress
-from petseg.runtime import autocast_context, configure_threads, loader_workers, make_deterministic, seed_everything
 from petseg.schema import to_flat_dict
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
 from petseg.training.loaders import downsized, progressive_size, training_datasets
@@ -44,10 +44,10 @@ class Trainer:
     def __init__(self, name: str, params: Params, context: Context | None = None):
         self.name, self.params, self.context = name, params, context or Context()
         self.common, self.cfg = params.train.common, params.train.model(name)
-        configure_threads(self.common.threads)
-        make_deterministic()
+        runtime.configure_threads(self.common.threads)
+        runtime.make_deterministic()
         self.device = training_device(self.common.device, self.context)
-        seed_everything(self.common.seed)
+        runtime.seed_everything(self.common.seed)
         self.model_params = self.cfg.model_params()
         self.model, self.forward = place_model(
             build_model(name, **self.model_params), self.device, self.context, self.common
@@ -58,11 +58,12 @@ class Trainer:
         self.schedule: WarmupCosine | EpochPlateau | None = None  # built by fit(), which knows the steps per epoch
         self.budget_s = self.common.max_minutes * 60
         self._epoch_started = time.perf_counter()
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.common.amp == "fp16")
+        self.amp = runtime.native_amp(self.common.amp, self.device)  # "auto" resolved once, for this device
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.state = TrainState()
         self.best_weights = cpu_state_dict(self.model)
         self.batch_size = per_process_batch(self.cfg.batch_size, self.context, f"train.{name}.batch_size")
-        self.workers = loader_workers(self.common.num_workers, self.device)
+        self.workers = runtime.loader_workers(self.common.num_workers, self.device)
         self.pin_memory = self.device.type == "cuda"
         self.image_size = 0  # known once fit() reads the prepared data
         self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
@@ -96,7 +97,7 @@ class Trainer:
                 images, masks = downsized(images, masks, self.train_size)
             if self.common.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(self.device, self.common.amp):
+            with runtime.autocast_context(self.device, self.amp):
                 loss = self.loss_fn(self.forward(images), masks)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -128,7 +129,7 @@ class Trainer:
 
     def validate(self, loader: DataLoader, epoch: int = 0) -> dict[str, float]:
         """Validation loss and scores, reduced over every process; warns when the model predicts no pet at all."""
-        result = evaluate_loader(self.model, loader, self.device, 0.5, self.loss_fn, self.common.amp, desc="validate")
+        result = evaluate_loader(self.model, loader, self.device, 0.5, self.loss_fn, self.amp, desc="validate")
         (val_loss_sum,) = self.context.sum(result.mean_loss * len(result.counts) if len(result.counts) else 0.0)
         counts = self.context.gather(result.counts)
         empty = degenerate_counts(counts)["empty_predictions"]
