@@ -341,3 +341,5 @@ def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, 
     with autocast_context(cpu, native_amp("auto", cpu)):
         assert torch.is_autocast_enabled("cpu") == amx
         assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with pytest.raises(KeyError):  # resolve "auto" first: an unresolved one must not turn into fp16
+        autocast_context(cpu, "auto")

@@ -64,10 +64,12 @@ def native_amp(amp: str | bool, device: torch.device) -> str | bool:
     return "bf16" if native else False
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # resolved train.common.amp -> autocast dtype
+
+
 def autocast_context(device: torch.device, amp: str | bool):
     """Mixed precision per a resolved ``train.common.amp`` (false | bf16 | fp16, see :func:`native_amp`); a no-op
-    when off."""
+    when off. An unresolved ``auto`` is a KeyError, never a silent fp16."""
     if not amp:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])

@@ -18,7 +18,7 @@ from petseg.data.dataset import PreparedSplit
 from petseg.data.device_augment import training_augmentation
 from petseg.data.layout import images_path, list_path, masks_path, write_split_csv
 from petseg.models import normalization
-from petseg.runtime import autocast_context, native_amp
+from petseg.runtime import AMP_DTYPES, autocast_context, native_amp
 from petseg.training.trainer import Trainer
 
 
@@ -120,7 +120,7 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, params:
     trainer_steps(trainer, [(images, masks)])  # warm-up (and compilation)
     # Under AMP the yardstick is the half-precision matmul where the device runs it natively (a GPU, a CPU's bf16 on
     # AMX tiles: 2.2 TFLOP/s against fp32's 0.4 on this project's machine); elsewhere a CPU's stays fp32 (emulated).
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trainer.amp, torch.float32)
+    half = AMP_DTYPES.get(trainer.amp, torch.float32)
     peak_dtype = half if device.type == "cuda" or trainer.amp == native_amp("auto", device) else torch.float32
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
