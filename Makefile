@@ -12,9 +12,11 @@ CPU_PRESET := -S 'prepare.source=$(SOURCE)' -S prepare.image_size=64 -S train.co
 	-S infer.limit=32
 
 # The reference report's recipe (UNet without batch norm, Adam + weight decay, ReduceLROnPlateau, best epoch by
-# validation Dice, no progressive resizing, fp32), one command away so that its published figures can be reproduced.
-REFERENCE_RECIPE := -S train.common.select_by=dice -S train.common.amp=false -S train.common.progressive_scale=1.0 \
-	-S train.common.progressive_until=0.0 -S train.unet.batch_norm=false \
+# validation Dice, no progressive resizing, fp32, no test-time augmentation), one command away so that its published
+# figures can be reproduced.
+REFERENCE_RECIPE := -S train.common.select_by=dice -S train.common.validate_every=1 -S train.common.amp=false \
+	-S train.common.progressive_scale=1.0 -S train.common.progressive_until=0.0 -S train.unet.batch_norm=false \
+	-S evaluate.tta=none \
 	$(foreach m,unet res34,-S train.$(m).optimizer=adam -S train.$(m).lr=0.0001 -S train.$(m).weight_decay=0.00001 \
 	-S train.$(m).schedule=plateau -S train.$(m).warmup_epochs=0)
 

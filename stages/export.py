@@ -22,7 +22,8 @@ def main() -> None:
     ensure_writable(OUT_DIR)
     for name in MODEL_NAMES:
         onnx_path = MODELS_DIR / f"{name}.onnx"
-        report = export_onnx(checkpoint_path(name), onnx_path, test.images[:PARITY_PHOTOS], params.evaluate.threshold)
+        photos, cfg = test.images[:PARITY_PHOTOS], params.evaluate
+        report = export_onnx(checkpoint_path(name), onnx_path, photos, cfg.threshold, cfg.tta)  # served as evaluated
         write_json(OUT_DIR / f"{name}.json", report)
         print(
             f"export: {name}: {onnx_path} (opset {report['opset']}); on {report['images']} test photos max |logit "

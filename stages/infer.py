@@ -32,7 +32,7 @@ def main() -> None:
     device = resolve_device("auto")
     for name in MODEL_NAMES:
         started = time.time()
-        predictor = Predictor(checkpoint_path(name), device)
+        predictor = Predictor(checkpoint_path(name), device, params.evaluate.tta)  # as evaluate scored it
         with atomic_dir(OUT_DIR / name / "masks") as masks_dir:
             write_split_masks(predictor, test, count, batch_size, threshold, masks_dir)
         grid_path = OUT_DIR / name / "overlays.png"
@@ -45,7 +45,9 @@ def main() -> None:
             f"{worst['name']}, Dice {worst['dice']:.3f})"
         )
         with stage_tracker(params, "infer", name, started=started) as tracker:
-            tracker.log_params(to_flat_dict(cfg, "infer.") | {"evaluate.threshold": threshold})
+            tracker.log_params(
+                to_flat_dict(cfg, "infer.") | {"evaluate.threshold": threshold, "evaluate.tta": predictor.tta}
+            )
             tracker.log_artifacts([grid_path])
 
 

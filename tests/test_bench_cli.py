@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import make_params, shipped_params_file
 
+from petseg.bench import accuracy
 from petseg.cli import main as petseg_main
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
@@ -138,6 +139,9 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
 
 def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synthetic_archives, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    served = []
+    with_tta = accuracy.with_tta
+    monkeypatch.setattr(accuracy, "with_tta", lambda model, tta: served.append(tta) or with_tta(model, tta))
     args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
     recipe = [
         "--set",
@@ -146,8 +150,11 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
         "train.res34.epochs=1",
         "--set",
         "train.res34.warmup_epochs=0",
+        "--set",
+        "evaluate.tta=hflip",
     ]
     assert petseg_main([*args, "--budget", "2", *PARAMS, *recipe]) == 0
+    assert served == ["none", "hflip", "none"]  # the reference as the report scored, petseg per evaluate.tta and not
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
     # Both sides train until the budget ends them: petseg's epoch count does not stop it first.
     assert result["reference"]["epochs"] >= 2 and result["petseg"]["epochs"] >= 2
@@ -157,7 +164,9 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
     assert result["dice_gain"] == pytest.approx(
         result["petseg"]["dice_per_image"] - result["reference"]["dice_per_image"]
     )
-    assert "petseg - reference, test Dice per image" in capsys.readouterr().out
+    assert 0 <= result["petseg"]["dice_per_image_no_tta"] <= 1
+    out = capsys.readouterr().out
+    assert "petseg - reference, test Dice per image" in out and "petseg: test Dice per image without TTA" in out
 
 
 def test_bench_set_needs_key_and_value(tmp_path, synthetic_archives, capsys):

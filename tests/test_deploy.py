@@ -13,16 +13,20 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+import yaml
 from helpers import MINI_DATA, free_port, run_stage, shipped_params_file
 from PIL import Image
 
 from petseg.cli import main as petseg_main
-from petseg.deploy.onnx_export import parity
-from petseg.deploy.pyfunc import decode_png, segment_encoded
+from petseg.data.dataset import PreparedSplit
+from petseg.deploy.onnx_export import OnnxPredictor, export_onnx, parity
+from petseg.deploy.pyfunc import PetsegSegmenter, decode_png, segment_encoded
 from petseg.deploy.registry import promote
 from petseg.errors import PetsegError
 from petseg.evaluation.predictor import Predictor
@@ -48,6 +52,34 @@ def test_export_writes_onnx_that_agrees_with_pytorch(exported):
         assert (exported / "models" / f"{name}.onnx").stat().st_size > 10_000
 
 
+def test_an_export_serves_its_tta_as_the_torch_predictor_does(exported, tmp_path, capsys):
+    checkpoint = exported / "models" / "unet.pt"
+    photos = np.asarray(PreparedSplit(exported / "data" / "prepared", "test").images[:4])
+    report = export_onnx(checkpoint, tmp_path / "plain.onnx", photos, 0.5, "none")
+    assert report["max_abs_logit_diff"] <= 1e-4 and report["mask_agreement"] >= 0.9999
+    exports = {"hflip": exported / "models" / "unet.onnx", "none": tmp_path / "plain.onnx"}  # the stage: shipped hflip
+    served = {}
+    for tta, path in exports.items():
+        onnx = OnnxPredictor(path)
+        served[tta] = onnx.probabilities(photos)
+        assert onnx.tta == tta
+        assert torch.allclose(served[tta], Predictor(checkpoint, tta=tta).probabilities(photos), atol=1e-5)
+    assert not torch.allclose(served["hflip"], served["none"], atol=1e-4)
+    args = ["predict", "--backend", "onnxruntime", "--model", str(exports["hflip"]), "--tta", "none", "x.jpg"]
+    assert petseg_main(args) == 2
+    assert capsys.readouterr().err == (
+        f"petseg: error: --tta none: {exports['hflip']} was exported with tta hflip, built in\n"
+    )
+
+
+def test_the_pyfunc_serves_with_the_tta_it_was_logged_with(exported):
+    for config, tta in (({"threshold": 0.4, "tta": "hflip"}, "hflip"), (None, "none")):
+        segmenter = PetsegSegmenter()
+        artifacts = {"checkpoint": str(exported / "models" / "res34.pt")}
+        segmenter.load_context(SimpleNamespace(artifacts=artifacts, model_config=config))
+        assert segmenter.predictor.tta == tta and segmenter.threshold == (0.4 if config else 0.5)
+
+
 def test_parity_is_relative_to_the_logits_scale(tmp_path):
     expected = np.full((1, 1, 4, 4), 1e7, dtype=np.float32)
     assert parity(expected, expected + 144.0, 0.5, tmp_path)["max_abs_logit_diff"] == 144.0  # 1.4e-5 of the scale
@@ -63,9 +95,10 @@ def test_parity_below_the_bar_fails_naming_the_numbers(tmp_path):
 
 def test_onnxruntime_backend_gives_the_same_masks(exported, synthetic_tree, tmp_path, capsys):
     photos = synthetic_tree / "images"
-    for backend, model in (("torch", "res34.pt"), ("onnxruntime", "res34.onnx")):
+    tta = OnnxPredictor(exported / "models" / "res34.onnx").tta  # the export stage's evaluate.tta
+    for backend, model, extra in (("torch", "res34.pt", ["--tta", tta]), ("onnxruntime", "res34.onnx", [])):
         out = tmp_path / backend
-        args = ["predict", "--model", str(exported / "models" / model), "--out", str(out), "--device", "cpu"]
+        args = ["predict", "--model", str(exported / "models" / model), "--out", str(out), "--device", "cpu", *extra]
         assert petseg_main([*args, "--backend", backend, str(photos)]) == 0
     capsys.readouterr()
     torch_masks = sorted((tmp_path / "torch").iterdir())
@@ -160,12 +193,9 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
     with tarfile.open(MINI_DATA / "images.tar.gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         photo.write_bytes(tar.extractfile(member).read())
-    assert (
-        petseg_main(
-            ["predict", "--model", str(project / "models" / "res34.pt"), "--out", str(tmp_path / "m"), str(photo)]
-        )
-        == 0
-    )
+    tta = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["tta"]  # what the pyfunc was logged with
+    args = ["predict", "--model", str(project / "models" / "res34.pt"), "--tta", tta, "--out", str(tmp_path / "m")]
+    assert petseg_main([*args, str(photo)]) == 0
     expected = np.asarray(Image.open(tmp_path / "m" / "photo.png"))
     port = free_port()
     server = subprocess.Popen(

@@ -19,8 +19,8 @@ STAGE_READS = {
     "train_unet": ["train.common", "train.unet"],
     "train_res34": ["train.common", "train.res34"],
     "evaluate": ["evaluate"],
-    "infer": ["infer", "evaluate.threshold", "evaluate.batch_size"],
-    "export": ["evaluate.threshold"],
+    "infer": ["infer", "evaluate.threshold", "evaluate.tta", "evaluate.batch_size"],
+    "export": ["evaluate.threshold", "evaluate.tta"],
 }
 
 

@@ -86,6 +86,10 @@ def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_pa
     metrics = json.loads((project / "reports" / "evaluate" / "details.json").read_text())
     assert metrics["unet"]["empty_predictions"] == 8 and metrics["unet"]["precision_dataset"] == 0.0
     assert 0.0 <= metrics["res34"]["dice_per_image_no_tta"] <= 1.0
+    card = (project / "reports" / "cards" / "res34.md").read_text()
+    no_tta = metrics["res34"]["dice_per_image_no_tta"]
+    assert f"| Dice per image without the flip TTA it is served with | {no_tta:.4f} |" in card
+    assert "petseg predict --model models/res34.pt --tta hflip --out masks" in card
 
 
 def test_infer_writes_original_size_masks_and_grids(trained):

@@ -7,7 +7,7 @@ import torch
 from torchvision.models import resnet34
 
 from petseg.errors import PetsegError
-from petseg.models import build_model, count_parameters, model_from_weights
+from petseg.models import build_model, count_parameters, model_from_weights, with_tta
 from petseg.models import res34_unet as res34_module
 
 # Parameter counts at full width, as in the reference report.
@@ -29,6 +29,16 @@ class TestModels:
             out = model(torch.randn(2, 3, *size))
         assert out.shape == (2, 1, *size)
         assert torch.isfinite(out).all()
+
+    def test_flip_tta_serves_a_mirror_symmetric_model(self, model):
+        photos = torch.randn(2, 3, 64, 64)
+        served = with_tta(model, "hflip")
+        with torch.no_grad():
+            plain, averaged, of_mirrored = model(photos), served(photos), served(photos.flip(-1))
+        assert torch.allclose(of_mirrored, averaged.flip(-1), atol=1e-5)  # mirror the photo: the mask mirrors too
+        expected = (plain + model(photos.flip(-1)).flip(-1)) / 2
+        assert torch.allclose(averaged, expected, atol=1e-6) and not torch.allclose(averaged, plain, atol=1e-3)
+        assert with_tta(model, "none") is model
 
     def test_gradients_reach_every_parameter(self, model):
         model.train()
@@ -56,6 +66,11 @@ def test_unet_width_and_batch_norm_options():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in normed.modules()) == 18
     assert count_parameters(plain) == pytest.approx(31.03e6 / 16, rel=0.01)
+
+
+def test_unknown_tta_is_a_clear_error():
+    with pytest.raises(PetsegError, match=r"unknown test-time augmentation 'vflip' \(allowed: none, hflip\)"):
+        with_tta(torch.nn.Identity(), "vflip")
 
 
 def test_unknown_model_is_a_clear_error():

@@ -14,6 +14,7 @@ from petseg.schema import to_flat_dict
 # The report's recipe as published (with the mask flipped along with the photo: its one bug is never copied).
 REPORT = {
     "train.common.select_by": "dice",
+    "train.common.validate_every": 1,  # ReduceLROnPlateau and the best epoch look at every epoch's validation
     "train.common.amp": False,
     "train.common.progressive_scale": 1.0,
     "train.common.progressive_until": 0.0,
@@ -28,6 +29,7 @@ REPORT = {
     "prepare.image_size": 256,
     "train.common.loss.bce_weight": 1.0,
     "train.common.loss.dice_weight": 1.0,
+    "evaluate.tta": "none",
 }
 
 
@@ -58,9 +60,11 @@ def test_the_shipped_recipe_differs_from_the_report_where_the_readme_says():
     per_model = ("optimizer", "lr", "weight_decay", "schedule", "warmup_epochs")
     assert changed == {
         "train.common.select_by",
+        "train.common.validate_every",
         "train.common.amp",
         "train.common.progressive_scale",
         "train.common.progressive_until",
         "train.unet.batch_norm",
+        "evaluate.tta",
         *(f"train.{model}.{key}" for model in ("unet", "res34") for key in per_model),
     }

@@ -50,8 +50,10 @@ def test_stage_writes_every_output(project, name):
     assert 0 <= metrics["val_dice"] <= 1 and metrics["epochs_run"] == epochs
     assert set(json.loads((out / "timing.json").read_text())) == {"total_seconds", "images_per_second"}
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,val_loss,val_dice,val_iou,lr,epoch_seconds,images_per_second"
+    assert history[0] == "epoch,train_loss,lr,epoch_seconds,images_per_second"
     assert len(history) == 1 + epochs
+    validation = (out / "validation.csv").read_text().splitlines()
+    assert validation[0] == "epoch,val_loss,val_dice,val_iou" and len(validation) == 1 + epochs
     for png in ("loss.png", "dice.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -112,13 +114,14 @@ def test_resume_points_wait_for_checkpoint_minutes_but_the_last_epoch_is_always_
 
 
 @pytest.mark.parametrize(
-    ("on_device", "schedule"),
-    [(False, "plateau"), (True, "plateau"), (False, "cosine")],
-    ids=["loader-augment", "device-augment", "warmup-cosine-adamw"],
+    ("on_device", "schedule", "validate_every"),
+    [(False, "plateau", 1), (True, "plateau", 1), (False, "cosine", 1), (False, "cosine", 2)],
+    ids=["loader-augment", "device-augment", "warmup-cosine-adamw", "validate-every-2"],
 )
-def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys, on_device, schedule):
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, project, capsys, on_device, schedule, validate_every):
     recipe = {"epochs": 3, "schedule": schedule, "warmup_epochs": 1, "optimizer": "adamw"}
-    overrides = {"train": {"unet": recipe, "common": {"augment": {"on_device": on_device}}}}
+    common = {"augment": {"on_device": on_device}, "validate_every": validate_every}
+    overrides = {"train": {"unet": recipe, "common": common}}
     uninterrupted, _ = run_training(project, overrides=overrides)
     reference = (project / "reports" / "train" / "unet" / "metrics.json").read_bytes()
     (project / "models" / "unet.last.pt").unlink()
@@ -264,7 +267,7 @@ def test_early_stopping(project, capsys):
     recipe = {"epochs": 5, "lr": 1e-12, "early_stop_patience": 2, "schedule": "plateau", "plateau_patience": 10}
     overrides = {"train": {"common": {"select_by": "dice"}, "unet": recipe}}
     state, _ = run_training(project, overrides=overrides)
-    assert "early stop, no improvement for 2 epochs" in capsys.readouterr().out
+    assert "early stop, no improvement in 2 validations" in capsys.readouterr().out
     assert state.epoch == 3 and state.best_epoch == 1
 
 
@@ -299,13 +302,35 @@ def test_a_second_training_of_the_same_model_is_refused_naming_the_holder(projec
 
 
 def test_a_time_budget_stops_after_the_epoch_that_crosses_it(project, capsys):
-    overrides = {"train": {"common": {"max_minutes": 1e-6}, "unet": {"epochs": 5}}}
+    overrides = {"train": {"common": {"max_minutes": 1e-6, "validate_every": 5}, "unet": {"epochs": 5}}}
     state, _ = run_training(project, overrides=overrides)
     assert state.epoch == 1 and state.stopped_by == "time budget"
+    assert 0 <= state.history[-1]["val_dice"] <= 1  # the budget's last epoch is validated, whatever validate_every
     assert "train_unet: time budget reached: 0.0 of 0.0 minutes, 1 epochs" in capsys.readouterr().out
     metrics = json.loads((project / "reports" / "train" / "unet" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["stopped_by"] == "time budget"
     assert (project / "models" / "unet.pt").exists()
+
+
+@pytest.mark.parametrize(("select_by", "best_epoch"), [("last", 5), ("dice", 2)])
+def test_validation_runs_every_nth_epoch_and_after_the_last(project, capsys, monkeypatch, select_by, best_epoch):
+    validated = []
+    validate = Trainer.validate  # a falling validation Dice: the first validated epoch is the best
+    monkeypatch.setattr(
+        Trainer, "validate", lambda self, *a: validated.append(a[1]) or validate(self, *a) | {"val_dice": 1 / a[1]}
+    )
+    overrides = {"train": {"common": {"validate_every": 2, "select_by": select_by}, "unet": {"epochs": 5}}}
+    state, _ = run_training(project, overrides=overrides)
+    assert validated == [2, 4, 5] and state.best_epoch == best_epoch
+    assert load_checkpoint(project / "models" / "unet.pt")["epoch"] == best_epoch
+    lines = [line for line in capsys.readouterr().out.splitlines() if " train_loss " in line]
+    assert ["val_dice" in line for line in lines] == [False, True, False, True, True]
+    out = project / "reports" / "train" / "unet"
+    assert [row.split(",")[0] for row in (out / "history.csv").read_text().splitlines()[1:]] == list("12345")
+    validation = [row.split(",") for row in (out / "validation.csv").read_text().splitlines()[1:]]
+    assert [(row[0], float(row[2])) for row in validation] == [("2", 0.5), ("4", 0.25), ("5", 0.2)]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_epoch"] == best_epoch and metrics["val_dice"] == pytest.approx(1 / best_epoch)
 
 
 def test_select_by_last_keeps_the_final_epoch(project):

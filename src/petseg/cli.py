@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--backend", choices=("torch", "onnxruntime"), default="torch", help="onnxruntime: --model is a .onnx export"
     )
+    predict.add_argument(
+        "--tta",
+        choices=("none", "hflip"),
+        help="test-time augmentation: hflip averages with the mirrored photo (twice the compute); default none; "
+        "an ONNX export carries the evaluate.tta it was exported with",
+    )
 
     promote = commands.add_parser(
         "promote", help="move the registry alias 'champion' to the newest version, if it passes"
@@ -151,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from petseg.deploy.onnx_export import OnnxPredictor
 
             predictor = OnnxPredictor(args.model)
+            if args.tta not in (None, predictor.tta):
+                raise PetsegError(f"--tta {args.tta}: {args.model} was exported with tta {predictor.tta}, built in")
         else:
-            predictor = Predictor(args.model, resolve_device(args.device))
+            predictor = Predictor(args.model, resolve_device(args.device), args.tta or "none")
         summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0

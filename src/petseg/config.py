@@ -58,12 +58,8 @@ class PrepareConfig:
 
     def validate(self, key: str) -> None:
         _check(bool(self.source.strip()), f"{key}.source", "a URL or a directory", self.source)
-        _check(
-            self.image_size >= 32 and self.image_size % 32 == 0,
-            f"{key}.image_size",
-            "a positive multiple of 32",
-            self.image_size,
-        )
+        size_ok = self.image_size >= 32 and self.image_size % 32 == 0
+        _check(size_ok, f"{key}.image_size", "a positive multiple of 32", self.image_size)
         _check(0 < self.valid_fraction < 1, f"{key}.valid_fraction", "in (0, 1)", self.valid_fraction)
         _check(self.workers >= 0, f"{key}.workers", ">= 0 (0 = one per core)", self.workers)
         for name, digest in self.checksums.items():
@@ -127,6 +123,7 @@ class TrainCommonConfig:
     num_workers: int
     nproc: int  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
     select_by: Literal["dice", "loss", "last"]  # which epoch's weights become models/<model>.pt
+    validate_every: int  # validation after every Nth epoch and the last; select_by and the patiences count these
     max_minutes: float  # time budget for training; 0 = none (then only `epochs` bounds it)
     checkpoint_minutes: float  # the resume point is written at most this often (and after the last epoch); 0 = always
     progressive_scale: float  # train at this fraction of the prepared size first (1 = always at the prepared size)
@@ -135,6 +132,7 @@ class TrainCommonConfig:
     loss: LossConfig
 
     def validate(self, key: str) -> None:
+        _check(self.validate_every >= 1, f"{key}.validate_every", ">= 1", self.validate_every)
         _check(self.max_minutes >= 0, f"{key}.max_minutes", ">= 0 (0 = no time budget)", self.max_minutes)
         _check(self.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", ">= 0", self.checkpoint_minutes)
         _check(0 < self.progressive_scale <= 1, f"{key}.progressive_scale", "in (0, 1]", self.progressive_scale)
@@ -157,7 +155,7 @@ class ModelTrainConfig:
     warmup_epochs: int  # cosine only
     plateau_patience: int
     plateau_factor: float
-    early_stop_patience: int  # epochs without improvement; 0 = never stop early
+    early_stop_patience: int  # validations without improvement; 0 = never stop early
 
     def validate(self, key: str) -> None:
         _check(self.epochs >= 1, f"{key}.epochs", ">= 1", self.epochs)

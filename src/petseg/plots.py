@@ -21,11 +21,12 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 def plot_curves(
     history: list[dict], keys: dict[str, str], title: str, ylabel: str, path: Path, saved_epoch: int | None = None
 ) -> None:
-    """One line per ``keys`` entry (column -> label) against epoch; ``saved_epoch`` (the weights kept) is marked."""
+    """One line per ``keys`` entry (column -> label) against epoch, through the epochs that have it (validation
+    scores: only the validated ones); ``saved_epoch`` (the weights kept) is marked."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [row["epoch"] for row in history]
     for column, label in keys.items():
-        ax.plot(epochs, [row[column] for row in history], marker="o", markersize=3, label=label)
+        rows = [row for row in history if column in row]
+        ax.plot([row["epoch"] for row in rows], [row[column] for row in rows], marker="o", markersize=3, label=label)
     if saved_epoch is not None:
         ax.axvline(saved_epoch, color="0.4", linestyle="--", linewidth=1, label=f"saved model (epoch {saved_epoch})")
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)

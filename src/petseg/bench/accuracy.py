@@ -20,7 +20,7 @@ from petseg.data.dataset import PreparedSplit
 from petseg.data.transforms import eval_transforms
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import bootstrap_ci, per_image_scores, summarize
-from petseg.models import HALF_MEAN, HALF_STD, build_model
+from petseg.models import HALF_MEAN, HALF_STD, build_model, with_tta
 from petseg.progress import progress
 from petseg.runtime import configure_threads
 from petseg.training.trainer import Trainer, TrainPaths
@@ -64,11 +64,11 @@ def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int)
     return model.eval(), epochs
 
 
-def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: bool) -> dict:
+def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: str) -> dict:
     """Test-split scores by the evaluate stage's own code (0.5/0.5 normalization, as both sides train with it)."""
     dataset = PreparedSplit(prepared, "test", eval_transforms(HALF_MEAN, HALF_STD))
     loader, cpu = DataLoader(dataset, 16), torch.device("cpu")
-    result = evaluate_loader(model, loader, cpu, 0.5, boundary_px=boundary_px, tta=tta)
+    result = evaluate_loader(with_tta(model, tta), loader, cpu, 0.5, boundary_px=boundary_px)
     scores = summarize(result.counts)
     low, high = bootstrap_ci(per_image_scores(result.counts)["dice"].numpy())
     return {"dice_per_image": scores["dice_per_image"], "dice_dataset": scores["dice_dataset"], "ci95": [low, high]}
@@ -91,8 +91,11 @@ def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Param
         state = ours.fit(prepared, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
         boundary_px = params.evaluate.boundary_px
         # Each side scored as its recipe evaluates: the report's without test-time augmentation, ours per evaluate.tta.
-        sides = {"reference": test_scores(reference, prepared, boundary_px, tta=False)}
-        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, params.evaluate.tta == "hflip")
+        sides = {"reference": test_scores(reference, prepared, boundary_px, "none")}
+        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, params.evaluate.tta)
+        if params.evaluate.tta != "none":  # what the test-time augmentation adds
+            plain = test_scores(ours.best_model(), prepared, boundary_px, "none")["dice_per_image"]
+            sides["petseg"]["dice_per_image_no_tta"] = plain
     sides["reference"]["epochs"], sides["petseg"]["epochs"] = reference_epochs, state.epoch
     gain = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
     rows = [
@@ -100,6 +103,8 @@ def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Param
         for side in ("reference", "petseg")
         for what, key in (("test Dice per image", "dice_per_image"), ("test Dice pooled", "dice_dataset"))
     ]
+    if "dice_per_image_no_tta" in sides["petseg"]:
+        rows.insert(3, ("petseg: test Dice per image without TTA", sides["petseg"]["dice_per_image_no_tta"], ""))
     rows += [(f"{side}: epochs in the budget", sides[side]["epochs"], "") for side in sides]
     rows.append(("petseg - reference, test Dice per image", gain, ""))
     details = {"model": model_name, "size": params.prepare.image_size, "budget_s": budget_s, "dice_gain": gain}

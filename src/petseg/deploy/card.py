@@ -27,8 +27,12 @@ def _score_rows(metrics: dict) -> list[tuple[str, Any]]:
     low, high = metrics["dice_per_image_ci95"]
     by_species = metrics["species"].items()
     species = ", ".join(f"{kind} {s['dice_per_image']:.4f} ({s['images']} images)" for kind, s in by_species)
+    served = []
+    if "dice_per_image_no_tta" in metrics:  # evaluate.tta: hflip, which the pyfunc and the ONNX export serve too
+        served = [("Dice per image without the flip TTA it is served with", f"{metrics['dice_per_image_no_tta']:.4f}")]
     return [
         ("Dice per image (95 % bootstrap interval)", f"{metrics['dice_per_image']:.4f} [{low:.4f}, {high:.4f}]"),
+        *served,
         ("IoU per image", f"{metrics['iou_per_image']:.4f}"),
         ("Dice, pixels pooled", f"{metrics['dice_dataset']:.4f}"),
         ("boundary Dice (band around the outline)", f"{metrics['boundary_dice_per_image']:.4f}"),
@@ -44,6 +48,7 @@ def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict)
     data_table, recipe_table = _table(_data_rows(data)), _table([(f"`{k}`", v) for k, v in sorted(recipe.items())])
     score_table, speed_table = _table(_score_rows(metrics)), _table([(k, f"{v:.1f} img/s") for k, v in speed.items()])
     kind = MODEL_TITLES[model]
+    tta = " --tta hflip" if "dice_per_image_no_tta" in metrics else ""  # the scores above are with it
     return f"""# petseg-{model}
 
 A {kind} that marks the pet in a photo (binary mask), trained from scratch by the petseg pipeline.
@@ -62,7 +67,7 @@ A {kind} that marks the pet in a photo (binary mask), trained from scratch by th
 
 ## How to use it
 ```bash
-petseg predict --model models/{model}.pt --out masks photo.jpg folder/
+petseg predict --model models/{model}.pt{tta} --out masks photo.jpg folder/
 petseg predict --backend onnxruntime --model models/{model}.onnx --out masks photo.jpg
 mlflow models serve -m models:/petseg-{model}@champion --env-manager local --host 127.0.0.1 --port 5001
 # POST {{"dataframe_split": {{"columns": ["image"], "data": [["<base64 JPEG or PNG>"]]}}}} to /invocations

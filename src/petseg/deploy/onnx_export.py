@@ -12,6 +12,7 @@ import torch
 from petseg.errors import PetsegError
 from petseg.evaluation.predictor import normalized
 from petseg.fileio import atomic_file
+from petseg.models import with_tta
 from petseg.models.checkpoint import first_line, load_trained_model
 
 OPSET = 18
@@ -19,11 +20,13 @@ MAX_LOGIT_DIFF = 1e-4
 MIN_MASK_AGREEMENT = 0.9999
 
 
-def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: float) -> dict:
-    """Write ``out`` (atomically) and return the parity report; parity below the bar is one error with the numbers."""
+def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: float, tta: str) -> dict:
+    """Write ``out`` (atomically) with the test-time augmentation ``tta`` in its graph, and return the parity report;
+    parity below the bar is one error with the numbers."""
     import onnxruntime as ort  # imported here: the rest of petseg runs without it
 
     trained = load_trained_model(checkpoint)
+    model = with_tta(trained.model, tta)
     batch = normalized(photos, trained.mean, trained.std)
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     # The UNets halve the size five times: any multiple of 32 works, which is what the dims below say.
@@ -33,7 +36,7 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
     example = torch.zeros(2, 3, side, side)
     try:
         program = torch.onnx.export(
-            trained.model,
+            model,
             (example,),
             dynamo=True,
             input_names=["image"],
@@ -44,7 +47,7 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
         )
     except Exception as err:  # the exporter raises its own error types, with pages of advice
         raise PetsegError(f"{checkpoint}: ONNX export failed ({first_line(err)})") from None
-    meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size)}
+    meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size), "petseg.tta": tta}
     meta |= {"petseg.mean": json.dumps(trained.mean), "petseg.std": json.dumps(trained.std)}
     proto = program.model_proto  # a fresh proto on every access: take it once
     for key, value in meta.items():
@@ -54,7 +57,7 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
         handle.write(proto.SerializeToString())
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        expected = trained.model(batch).numpy()
+        expected = model(batch).numpy()
     got = session.run(None, {"image": batch.numpy()})[0]
     return parity(expected, got, threshold, out)
 
@@ -87,6 +90,7 @@ class OnnxPredictor:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.name, self.image_size = meta["petseg.model"], int(meta["petseg.image_size"])
             self.mean, self.std = tuple(json.loads(meta["petseg.mean"])), tuple(json.loads(meta["petseg.std"]))
+            self.tta = meta.get("petseg.tta", "none")  # exports before TTA existed have none
         except Exception as err:  # onnxruntime raises its own exception types for a bad file
             raise PetsegError(f"{path}: not a petseg ONNX export ({str(err).splitlines()[0][:200]})") from None
 

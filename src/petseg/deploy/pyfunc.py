@@ -49,8 +49,9 @@ class PetsegSegmenter(PythonModel):
     """Loads the checkpoint logged beside it as the artifact ``checkpoint``."""
 
     def load_context(self, context) -> None:
-        self.predictor = Predictor(context.artifacts["checkpoint"], "cpu")
-        self.threshold = float((context.model_config or {}).get("threshold", 0.5))
+        config = context.model_config or {}
+        self.predictor = Predictor(context.artifacts["checkpoint"], "cpu", config.get("tta", "none"))
+        self.threshold = float(config.get("threshold", 0.5))
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if INPUT_COLUMN not in model_input:

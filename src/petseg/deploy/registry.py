@@ -32,7 +32,7 @@ def version_tags(metrics: dict, split_hash: str, extra: dict[str, str]) -> dict[
 
 
 def log_and_register(
-    mlflow, model: str, checkpoint: Path, example_photo, threshold: float, tags: dict
+    mlflow, model: str, checkpoint: Path, example_photo, threshold: float, tta: str, tags: dict
 ) -> tuple[str, str]:
     """Log the photo-taking pyfunc in the active run, register it, tag the version; returns the version and the
     logged model's id."""
@@ -52,7 +52,7 @@ def log_and_register(
                 name=registered_name(model),
                 python_model=PetsegSegmenter(),
                 artifacts={"checkpoint": str(checkpoint)},
-                model_config={"threshold": threshold},
+                model_config={"threshold": threshold, "tta": tta},  # served as the evaluate stage scored it
                 signature=infer_signature(example, output),
                 input_example=example,
                 # Explicit requirements skip MLflow's slow inference of them.

@@ -37,7 +37,8 @@ def log_evaluation(
     tags = version_tags(metrics, read_meta(prepared_dir)["split_lists"], extra)
 
     def register(mlflow) -> str:
-        version, model_id = log_and_register(mlflow, model, checkpoint, photo, params.evaluate.threshold, tags)
+        cfg = params.evaluate
+        version, model_id = log_and_register(mlflow, model, checkpoint, photo, cfg.threshold, cfg.tta, tags)
         mlflow.log_metrics(mlflow_scores(metrics), model_id=model_id)
         return version
 

@@ -21,16 +21,6 @@ class PassResult:
     mean_loss: float  # NaN without a loss function
 
 
-def _probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, amp, tta: bool):
-    """(logits, pet probabilities); with ``tta`` the probabilities average the photo and its mirror image."""
-    with autocast_context(device, amp):
-        logits = model(images)
-        if not tta:
-            return logits, torch.sigmoid(logits.float())
-        mirrored = model(torch.flip(images, dims=[-1]))
-    return logits, (torch.sigmoid(logits.float()) + torch.sigmoid(torch.flip(mirrored.float(), dims=[-1]))) / 2
-
-
 @torch.no_grad()
 def evaluate_loader(
     model: nn.Module,
@@ -41,18 +31,19 @@ def evaluate_loader(
     amp: str | bool = False,
     desc: str = "eval",
     boundary_px: int = 0,
-    tta: bool = False,
 ) -> PassResult:
-    """Per-image confusion counts, overall and (``boundary_px`` > 0) near the outline, and the mean loss."""
+    """Per-image confusion counts, overall and (``boundary_px`` > 0) near the outline, and the mean loss. Test-time
+    augmentation is part of ``model`` (:func:`petseg.models.with_tta`)."""
     model.eval()
     # Kept on the device until the end: reading them per batch would sync a GPU on every batch.
     counts, bands, loss_sum, seen = [], [], torch.zeros((), dtype=torch.float64, device=device), 0
     for images, masks in progress(loader, desc=desc, unit=" batch"):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        logits, probabilities = _probabilities(model, images, device, amp, tta)
+        with autocast_context(device, amp):
+            logits = model(images)
         if loss_fn is not None:
             loss_sum += loss_fn(logits, masks).double() * len(images)
-        predicted = probabilities > threshold
+        predicted = torch.sigmoid(logits.float()) > threshold
         counts.append(confusion_counts(predicted, masks, IGNORE))
         if boundary_px:
             band_masks = torch.where(outline_band(masks, boundary_px, IGNORE), masks, IGNORE)

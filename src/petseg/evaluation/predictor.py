@@ -12,6 +12,7 @@ from torchvision import tv_tensors
 
 from petseg.data.layout import sample_file
 from petseg.data.transforms import eval_transforms
+from petseg.models import with_tta
 from petseg.models.checkpoint import load_trained_model
 from petseg.progress import progress
 
@@ -23,13 +24,15 @@ def normalized(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class Predictor:
-    """A checkpoint ready for inference at its training size."""
+    """A checkpoint ready for inference at its training size, with test-time augmentation ``tta`` (none | hflip):
+    ``model`` is what it serves, ``network`` the trained network alone."""
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu"):
+    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", tta: str = "none"):
         trained = load_trained_model(checkpoint)
         self.name, self.image_size, self.mean, self.std = trained.name, trained.image_size, trained.mean, trained.std
-        self.device = torch.device(device)
-        self.model = trained.model.to(self.device)
+        self.device, self.tta = torch.device(device), tta
+        self.network = trained.model.to(self.device)
+        self.model = with_tta(self.network, tta)
         self.transform = eval_transforms(self.mean, self.std)
 
     @torch.no_grad()

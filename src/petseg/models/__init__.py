@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from petseg.errors import PetsegError
@@ -29,6 +30,27 @@ def model_from_weights(name: str, params: dict[str, Any], state_dict: dict) -> n
     model = build_model(name, **{k: v for k, v in params.items() if k not in ("pretrained", "weights_path")})
     model.load_state_dict(state_dict)
     return model.eval()
+
+
+class FlipAveraged(nn.Module):
+    """Flip test-time augmentation inside the model: the mean of the logits for the photo and for its mirror image
+    (mirrored back). As a module, every backend that runs the model (PyTorch, the pyfunc, the ONNX export) serves
+    exactly what the evaluate stage scored."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # named as the models name it: the ONNX export's dynamic dims
+        mirrored = self.model(torch.flip(x, dims=[-1]))
+        return (self.model(x) + torch.flip(mirrored, dims=[-1])) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """``model`` as ``evaluate.tta`` serves it: "none" as it is, "hflip" flip-averaged."""
+    if tta not in ("none", "hflip"):
+        raise PetsegError(f"unknown test-time augmentation {tta!r} (allowed: none, hflip)")
+    return FlipAveraged(model).eval() if tta == "hflip" else model
 
 
 def normalization(params: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:

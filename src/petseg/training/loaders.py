@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from petseg.config import ModelTrainConfig, TrainCommonConfig
 from petseg.data.dataset import PreparedSplit
@@ -13,6 +14,7 @@ from petseg.data.device_augment import BatchTransform, training_augmentation
 from petseg.data.transforms import eval_transforms
 from petseg.errors import PetsegError
 from petseg.models import normalization
+from petseg.training.distributed import Context
 
 
 def training_datasets(
@@ -43,3 +45,9 @@ def progressive_size(image_size: int, common: TrainCommonConfig, progress: float
     the training (``progress``, 0-1) has passed, else 0 (train at the prepared size)."""
     size = max(32, round(image_size * common.progressive_scale / 32) * 32)
     return size if progress < common.progressive_until and size < image_size else 0
+
+
+def sharded_loader(dataset: Dataset, batch_size: int, context: Context, workers: int, pin_memory: bool) -> DataLoader:
+    """In order, every ``world_size``-th sample from this process's rank on: each process scores its own share."""
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    return DataLoader(shard, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory)

@@ -9,7 +9,7 @@ from pathlib import Path
 from petseg.config import MODEL_TITLES
 from petseg.fileio import write_json, write_text
 from petseg.plots import plot_curves
-from petseg.training.state import HISTORY_FIELDS, TrainState
+from petseg.training.state import HISTORY_FIELDS, VALIDATION_FIELDS, TrainState
 
 # Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
 TIMING_FIELDS = ("epoch_seconds", "images_per_second")
@@ -35,10 +35,12 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
         "total_seconds": round(state.elapsed_seconds, 2),
         "images_per_second": round(sum(r["images_per_second"] for r in state.history) / len(state.history), 3),
     }
-    paths = {name: out_dir / name for name in ("metrics.json", "timing.json", "history.csv", "loss.png", "dice.png")}
+    names = ("metrics.json", "timing.json", "history.csv", "validation.csv", "loss.png", "dice.png")
+    paths = {name: out_dir / name for name in names}
     write_json(paths["metrics.json"], metrics)
     write_json(paths["timing.json"], timing)
     write_csv(paths["history.csv"], state.history, HISTORY_FIELDS)
+    write_csv(paths["validation.csv"], [row for row in state.history if "val_dice" in row], VALIDATION_FIELDS)
     title = f"{MODEL_TITLES[model]}: "
     losses = {"train_loss": "train", "val_loss": "valid"}
     plot_curves(state.history, losses, title + "loss (BCE + Dice)", "loss", paths["loss.png"], state.best_epoch)
@@ -48,10 +50,10 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
 
 
 def epoch_line(row: dict[str, float], epochs: int, best: bool) -> str:
-    """One epoch's progress line."""
+    """One epoch's progress line (validation scores only after a validation pass)."""
+    scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
     return (
-        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} "
-        f"val_loss {row['val_loss']:.4f} val_dice {row['val_dice']:.4f} val_iou {row['val_iou']:.4f} "
+        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} {scores}"
         f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
         + (" *best" if best else "")
     )

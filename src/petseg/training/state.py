@@ -13,7 +13,9 @@ from torch import nn
 
 from petseg.config import Params, result_neutral
 
-HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "epoch_seconds", "images_per_second")
+# history.csv: every epoch; validation.csv: the validated ones (no empty cells, which DVC's charts would draw as 0).
+HISTORY_FIELDS = ("epoch", "train_loss", "lr", "epoch_seconds", "images_per_second")
+VALIDATION_FIELDS = ("epoch", "val_loss", "val_dice", "val_iou")
 
 
 @dataclass

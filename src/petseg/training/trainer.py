@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from petseg import runtime
 from petseg.config import Params
@@ -30,7 +30,7 @@ from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_
 from petseg.progress import progress
 from petseg.schema import to_flat_dict
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
-from petseg.training.loaders import downsized, progressive_size, training_datasets
+from petseg.training.loaders import downsized, progressive_size, sharded_loader, training_datasets
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
@@ -140,12 +140,14 @@ class Trainer:
         return {"val_loss": val_loss_sum / len(counts), "val_dice": dice, "val_iou": iou}
 
     def record(self, row: dict[str, float]) -> None:
-        """Step the scheduler on the epoch's validation result and keep the best weights."""
-        score = {"dice": row["val_dice"], "loss": -row["val_loss"], "last": row["epoch"]}[self.common.select_by]
-        self.schedule.epoch_end(row["val_loss"] if self.common.select_by == "loss" else row["val_dice"])
+        """Add the epoch to the history; after a validation, step the scheduler on it and keep the best weights."""
         self.state.epoch = row["epoch"]
         self.state.elapsed_seconds += row["epoch_seconds"]
         self.state.history.append(row)
+        if "val_dice" not in row:  # only validated epochs compete (the last epoch always is one)
+            return
+        score = {"dice": row["val_dice"], "loss": -row["val_loss"], "last": row["epoch"]}[self.common.select_by]
+        self.schedule.epoch_end(row["val_loss"] if self.common.select_by == "loss" else row["val_dice"])
         if score > self.state.best_score:
             self.state.best_score, self.state.best_epoch = score, row["epoch"]
             self.state.epochs_without_improvement = 0
@@ -158,7 +160,7 @@ class Trainer:
         bad, total = non_finite_count(self.model.state_dict())
         if bad:
             raise self._diverged(f"{bad} of {total} weights became NaN or infinite at epoch {row['epoch']}", paths)
-        if not math.isfinite(row["val_loss"]):
+        if not math.isfinite(row.get("val_loss", 0.0)):
             raise self._diverged(f"validation loss became {row['val_loss']} at epoch {row['epoch']}", paths)
 
     def _diverged(self, what: str, paths: TrainPaths) -> PetsegError:
@@ -169,28 +171,26 @@ class Trainer:
         )
         return PetsegError(f"train_{self.name}: {what}; lower train.{self.name}.lr or check the data. {kept}")
 
+    def budget_spent(self) -> bool:
+        """Whether training so far (this epoch's included) crossed ``max_minutes``. Every process must agree, or the
+        others would wait forever in the next all-reduce."""
+        return not self.context.all_true(not self.budget_s or self.elapsed_seconds() < self.budget_s)
+
     def should_stop(self) -> bool:
-        # Every process must agree, or the others would wait forever in the next all-reduce.
-        if not self.context.all_true(not self.budget_s or self.state.elapsed_seconds < self.budget_s):
-            minutes = self.state.elapsed_seconds / 60
-            spent = f"{minutes:.1f} of {self.common.max_minutes:.1f} minutes"
+        if self.state.stopped_by == "time budget":  # set by the epoch that crossed it (in this run or a resumed one)
+            spent = f"{self.state.elapsed_seconds / 60:.1f} of {self.common.max_minutes:.1f} minutes"
             self.say(f"time budget reached: {spent}, {self.state.epoch} epochs")
-            self.state.stopped_by = "time budget"
             return True
         patience = self.cfg.early_stop_patience
         if patience and self.state.epochs_without_improvement >= patience:
-            self.say(f"early stop, no improvement for {self.state.epochs_without_improvement} epochs")
+            self.say(f"early stop, no improvement in {self.state.epochs_without_improvement} validations")
             self.state.stopped_by = "early stop"
             return True
         return False
 
     def _resumable(self) -> dict:
-        return {
-            "state_dict": self.model,
-            "optimizer": self.optimizer,
-            "scheduler": self.schedule,
-            "scaler": self.scaler,
-        }
+        parts = {"state_dict": self.model, "optimizer": self.optimizer}
+        return parts | {"scheduler": self.schedule, "scaler": self.scaler}
 
     def resume(self, path: Path, fingerprint: str) -> None:
         """Continue from a resume point of the very same run; anything else starts over."""
@@ -210,8 +210,10 @@ class Trainer:
     def save_resume_point(self, path: Path, fingerprint: str) -> None:
         parts = {key: part.state_dict() for key, part in self._resumable().items()}
         parts["state_dict"] = cpu_state_dict(self.model)
-        # The best weights again only when the best epoch lies behind (never with select_by: last): 1/4 of the file.
-        best = None if self.state.best_epoch == self.state.epoch else self.best_weights
+        # The best weights again only when the best epoch lies behind: 1/4 of the file. Never with select_by: last,
+        # where they are the last validated epoch's, and the run ends with a validation that replaces them.
+        behind = self.state.best_epoch != self.state.epoch and self.common.select_by != "last"
+        best = self.best_weights if behind else None
         extra = {"fingerprint": fingerprint, "best_state_dict": best, "train_state": asdict(self.state)}
         save_checkpoint(path, parts | extra)
         self.saved_epoch, self._saved_at = self.state.epoch, time.perf_counter()
@@ -220,11 +222,6 @@ class Trainer:
         """After every epoch, or (``checkpoint_minutes``) once that long has passed since the last one: a 300 MB
         file per 3-second epoch would cost a fifth of the training time. The final epoch is always saved."""
         return time.perf_counter() - self._saved_at >= self.common.checkpoint_minutes * 60
-
-    def _valid_loader(self, valid_set: PreparedSplit) -> DataLoader:
-        rank, world = self.context.rank, self.context.world_size
-        shard = Subset(valid_set, range(rank, len(valid_set), world))
-        return DataLoader(shard, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.pin_memory)
 
     def _epoch_loader(
         self, train_set: PreparedSplit, sampler: DistributedSampler, epoch: int
@@ -250,7 +247,7 @@ class Trainer:
         train_set, valid_set, device_augment = training_datasets(
             prepared_dir, self.image_size, self.name, self.cfg, self.common
         )
-        valid_loader = self._valid_loader(valid_set)
+        valid_loader = sharded_loader(valid_set, self.batch_size, self.context, self.workers, self.pin_memory)
         fingerprint = run_fingerprint(self.name, self.params, meta)
         # The same sampler with one process or many: the global batches are the same sets of images either way.
         sampler = DistributedSampler(
@@ -272,11 +269,16 @@ class Trainer:
             except PetsegError as err:
                 raise self._diverged(str(err), paths) from None
             train_seconds = time.perf_counter() - started
-            row = {"epoch": epoch, "train_loss": loss_sum / seen} | self.validate(valid_loader, epoch)
+            row = {"epoch": epoch, "train_loss": loss_sum / seen}
+            last = epoch == self.cfg.epochs or self.budget_spent()
+            if last or epoch % self.common.validate_every == 0:
+                row |= self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
+            if last and epoch < self.cfg.epochs:
+                self.state.stopped_by = "time budget"  # before the resume point: a resumed run stops here too
             if self.context.is_main and self._resume_point_due():
                 self.save_resume_point(paths.last, fingerprint)
             self.state.elapsed_seconds += time.perf_counter() - started - row["epoch_seconds"]  # the budget counts it
