@@ -33,7 +33,7 @@ def main() -> None:
     for name, predictor in predictors.items():
         started[name] = time.time()
         details[name], result, rows = scoring.evaluate_model(predictor, PREPARED_DIR, params.evaluate)
-        speed[name], counts[name] = len(rows) / (time.time() - started[name]), result.counts
+        speed[name], counts[name] = len(rows) / result.seconds, result.counts  # the served model's pass alone
         print(f"evaluate: {name}: " + ", ".join(f"{k} {details[name][k]:.4f}" for k in scoring.HEADLINE))
         if (warning := scoring.degenerate_warning(name, details[name])) is not None:
             print(f"evaluate: warning: {warning}")

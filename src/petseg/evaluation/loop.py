@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ class PassResult:
     counts: torch.Tensor  # (N, 4) per-image confusion counts
     band_counts: torch.Tensor  # (N, 4) the same, restricted to the band around the outline (zeros without one)
     mean_loss: float  # NaN without a loss function
+    seconds: float  # wall time of the pass (the model card's evaluation speed)
 
 
 @torch.no_grad()
@@ -35,6 +37,7 @@ def evaluate_loader(
     """Per-image confusion counts, overall and (``boundary_px`` > 0) near the outline, and the mean loss. Test-time
     augmentation is part of ``model`` (:func:`petseg.models.with_tta`)."""
     model.eval()
+    started = time.perf_counter()
     # Kept on the device until the end: reading them per batch would sync a GPU on every batch.
     counts, bands, loss_sum, seen = [], [], torch.zeros((), dtype=torch.float64, device=device), 0
     for images, masks in progress(loader, desc=desc, unit=" batch"):
@@ -53,4 +56,4 @@ def evaluate_loader(
     empty = torch.zeros(0, 4, dtype=torch.long)
     all_counts = torch.cat(counts).cpu() if counts else empty
     band_counts = torch.cat(bands).cpu() if bands else torch.zeros_like(all_counts)
-    return PassResult(all_counts, band_counts, mean_loss)
+    return PassResult(all_counts, band_counts, mean_loss, time.perf_counter() - started)
