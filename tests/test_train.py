@@ -223,6 +223,14 @@ def test_non_finite_weights_stop_training_and_are_never_saved(project, monkeypat
         assert non_finite_count(load_checkpoint(last)["state_dict"])[0] == 0
 
 
+def test_non_finite_count_counts_exactly_and_a_huge_finite_weight_is_finite():
+    weights = {"a": torch.ones(3, 4), "b": torch.full((5,), 3e38), "steps": torch.tensor(7)}  # b's norm overflows
+    assert non_finite_count(weights) == (0, 17)
+    weights["a"][0, :2], weights["b"][4] = float("nan"), float("-inf")
+    assert non_finite_count(weights) == (3, 17)
+    assert non_finite_count({"steps": torch.tensor(1)}) == (0, 0)
+
+
 def test_a_non_finite_validation_loss_stops_training(project, monkeypatch):
     monkeypatch.setattr(
         Trainer, "validate", lambda self, loader, epoch: {"val_loss": float("nan"), "val_dice": 0.0, "val_iou": 0.0}
