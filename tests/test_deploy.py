@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import MINI_DATA, free_port, run_stage, shipped_params_file
+from helpers import MINI_DATA, copy_trained, free_port, run_stage, shipped_params_file
 from PIL import Image
 
 from petseg.cli import main as petseg_main
@@ -38,7 +37,7 @@ NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 def exported(tmp_path_factory, trained):
     """The two trained tiny models, exported once."""
     project = tmp_path_factory.mktemp("exported") / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     result = run_stage("export", project, env=NO_MLFLOW)
     assert result.returncode == 0, result.stderr
     return project
@@ -169,7 +168,7 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
     if not (MINI_DATA / "images.tar.gz").exists():
         pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
     project = tmp_path / "p"
-    shutil.copytree(exported, project)
+    copy_trained(exported, project)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
     assert run_stage("evaluate", project, env=env).returncode == 0
     os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]

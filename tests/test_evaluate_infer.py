@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import run_stage
+from helpers import copy_trained, run_stage
 from PIL import Image
 
 from petseg.cli import main as petseg_main
@@ -72,7 +72,7 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
 
 def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["evaluate"]["tta"] = "hflip"
     (project / "params.yaml").write_text(yaml.safe_dump(params))
@@ -111,7 +111,7 @@ def test_infer_writes_original_size_masks_and_grids(trained):
 
 def test_infer_grids_show_the_worst_case_of_the_whole_split_not_of_the_masks_written(trained, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     per_image = project / "reports" / "evaluate" / "per_image.csv"
     with per_image.open() as handle:
         rows = list(csv.DictReader(handle))
@@ -137,7 +137,7 @@ def test_infer_grids_show_the_worst_case_of_the_whole_split_not_of_the_masks_wri
 
 def test_evaluate_refuses_a_foreign_or_code_carrying_checkpoint(trained, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     torch.save({"weights": torch.zeros(2)}, project / "models" / "unet.pt")
     result = run_stage("evaluate", project, env=NO_MLFLOW)
     assert result.returncode == 2
@@ -198,7 +198,7 @@ def test_every_bad_checkpoint_is_one_line_before_any_work(trained, tmp_path, cap
 
 def test_evaluate_and_infer_refuse_non_finite_weights(trained, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     ckpt = load_checkpoint(project / "models" / "res34.pt")
     ckpt["state_dict"] = {
         k: v.float() * float("inf") if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()
@@ -214,7 +214,7 @@ def test_evaluate_and_infer_refuse_non_finite_weights(trained, tmp_path):
 
 def test_an_empty_test_split_is_one_line_and_leaves_earlier_outputs_alone(trained, tmp_path):
     project = tmp_path / "p"
-    shutil.copytree(trained, project)
+    copy_trained(trained, project)
     assert run_stage("infer", project, env=NO_MLFLOW).returncode == 0
     masks = sorted(path.name for path in (project / "reports" / "infer" / "unet" / "masks").iterdir())
     prepared = project / "data" / "prepared"
