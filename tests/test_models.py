@@ -4,9 +4,13 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet34
 
+from petseg.data.layout import IGNORE
 from petseg.errors import PetsegError
+from petseg.evaluation.loop import evaluate_loader
+from petseg.evaluation.metrics import confusion_counts
 from petseg.models import build_model, count_parameters, model_from_weights, with_tta
 from petseg.models import res34_unet as res34_module
 
@@ -39,6 +43,18 @@ class TestModels:
         expected = (plain + model(photos.flip(-1)).flip(-1)) / 2
         assert torch.allclose(averaged, expected, atol=1e-6) and not torch.allclose(averaged, plain, atol=1e-3)
         assert with_tta(model, "none") is model
+
+    def test_one_evaluation_pass_scores_the_flip_tta_and_the_network_alone(self, model):
+        torch.manual_seed(1)
+        photos, masks = torch.randn(6, 3, 32, 32), torch.randint(0, 3, (6, 32, 32), dtype=torch.uint8)
+        masks[masks == 2] = IGNORE
+        loader = DataLoader(TensorDataset(photos, masks), batch_size=4)
+        cpu = torch.device("cpu")
+        served, alone = (evaluate_loader(m, loader, cpu, 0.5) for m in (with_tta(model, "hflip"), model))
+        assert alone.plain_counts is None and torch.equal(served.plain_counts, alone.counts)
+        with torch.no_grad():
+            averaged = (model(photos) + model(photos.flip(-1)).flip(-1)) / 2
+        assert torch.equal(served.counts, confusion_counts(torch.sigmoid(averaged) > 0.5, masks, IGNORE))
 
     def test_gradients_reach_every_parameter(self, model):
         model.train()

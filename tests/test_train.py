@@ -17,8 +17,8 @@ from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.runtime import autocast_context, native_amp
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
-from petseg.training.reports import TIMING_FIELDS, write_training_reports
-from petseg.training.state import code_digest
+from petseg.training.reports import EPOCHS_UNTIL_BUDGET, TIMING_FIELDS, epoch_line, write_training_reports
+from petseg.training.state import TrainState, code_digest
 from petseg.training.trainer import Trainer, TrainPaths
 
 
@@ -314,10 +314,21 @@ def test_a_time_budget_stops_after_the_epoch_that_crosses_it(project, capsys):
     state, _ = run_training(project, overrides=overrides)
     assert state.epoch == 1 and state.stopped_by == "time budget"
     assert 0 <= state.history[-1]["val_dice"] <= 1  # the budget's last epoch is validated, whatever validate_every
-    assert "train_unet: time budget reached: 0.0 of 0.0 minutes, 1 epochs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train_unet: epoch 1/5 (0.0/1e-06 min) train_loss" in out
+    assert "train_unet: time budget reached: 0.0 of 0.0 minutes, 1 epochs" in out
     metrics = json.loads((project / "reports" / "train" / "unet" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["stopped_by"] == "time budget"
     assert (project / "models" / "unet.pt").exists()
+
+
+def test_an_epoch_line_shows_the_cap_and_the_budget_that_can_end_training():
+    row = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 90.0}
+    state = TrainState(elapsed_seconds=90.0, best_epoch=3)
+    assert epoch_line(row, 40, state, 0).startswith("epoch 3/40 train_loss 0.5000 lr")
+    assert epoch_line(row, 40, state, 600).startswith("epoch 3/40 (1.5/10 min) train_loss")
+    line = epoch_line(row | {"val_dice": 0.8}, EPOCHS_UNTIL_BUDGET, state, 600)  # bench accuracy: the budget alone
+    assert line.startswith("epoch 3 (1.5/10 min) train_loss 0.5000 val_dice 0.8000 lr") and line.endswith("*best")
 
 
 @pytest.mark.parametrize(("select_by", "best_epoch"), [("last", 5), ("dice", 2)])

@@ -23,13 +23,13 @@ from petseg.evaluation.metrics import bootstrap_ci, per_image_scores, summarize
 from petseg.models import HALF_MEAN, HALF_STD, build_model, with_tta
 from petseg.progress import progress
 from petseg.runtime import configure_threads
+from petseg.training.reports import EPOCHS_UNTIL_BUDGET
 from petseg.training.trainer import Trainer, TrainPaths
 
 # The report's recipe: its architectures as published, BCE + soft Dice, Adam at 1e-3, batch 16, horizontal flips only
 # (here of the photo and its mask together: the report flipped the photo alone), no schedule, no validation.
 REFERENCE_MODEL_PARAMS = {"unet": {"base_channels": 64, "batch_norm": False}, "res34": {"pretrained": False}}
 REFERENCE_LR, REFERENCE_BATCH = 1e-3, 16
-UNTIL_BUDGET = 100_000  # epochs: more than any budget holds
 
 
 def _bce_soft_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -71,14 +71,17 @@ def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: s
     result = evaluate_loader(with_tta(model, tta), loader, cpu, 0.5, boundary_px=boundary_px)
     scores = summarize(result.counts)
     low, high = bootstrap_ci(per_image_scores(result.counts)["dice"].numpy())
-    return {"dice_per_image": scores["dice_per_image"], "dice_dataset": scores["dice_dataset"], "ci95": [low, high]}
+    out = {"dice_per_image": scores["dice_per_image"], "dice_dataset": scores["dice_dataset"], "ci95": [low, high]}
+    if result.plain_counts is not None:  # what the test-time augmentation adds
+        out["dice_per_image_no_tta"] = summarize(result.plain_counts)["dice_per_image"]
+    return out
 
 
 def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Params) -> dict:
     """Both recipes for ``budget_s`` of training each on ``params.prepare``'s split of ``source``; JSON and a table."""
     common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
-    until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=UNTIL_BUDGET)}
+    until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=EPOCHS_UNTIL_BUDGET)}
     train = dataclasses.replace(params.train, common=common, **until_budget)
     params = dataclasses.replace(params, train=train)
     configure_threads(common.threads)
@@ -93,9 +96,6 @@ def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Param
         # Each side scored as its recipe evaluates: the report's without test-time augmentation, ours per evaluate.tta.
         sides = {"reference": test_scores(reference, prepared, boundary_px, "none")}
         sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, params.evaluate.tta)
-        if params.evaluate.tta != "none":  # what the test-time augmentation adds
-            plain = test_scores(ours.best_model(), prepared, boundary_px, "none")["dice_per_image"]
-            sides["petseg"]["dice_per_image_no_tta"] = plain
     sides["reference"]["epochs"], sides["petseg"]["epochs"] = reference_epochs, state.epoch
     gain = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
     rows = [

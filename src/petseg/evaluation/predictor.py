@@ -25,14 +25,13 @@ def normalized(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
 
 class Predictor:
     """A checkpoint ready for inference at its training size, with test-time augmentation ``tta`` (none | hflip):
-    ``model`` is what it serves, ``network`` the trained network alone."""
+    ``model`` is what it serves."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", tta: str = "none"):
         trained = load_trained_model(checkpoint)
         self.name, self.image_size, self.mean, self.std = trained.name, trained.image_size, trained.mean, trained.std
         self.device, self.tta = torch.device(device), tta
-        self.network = trained.model.to(self.device)
-        self.model = with_tta(self.network, tta)
+        self.model = with_tta(trained.model.to(self.device), tta)
         self.transform = eval_transforms(self.mean, self.std)
 
     @torch.no_grad()

@@ -31,26 +31,25 @@ LABELS = {
 HEADLINE = tuple(LABELS)  # what the evaluate stage prints and compares in comparison.png
 
 
-def score_split(
-    predictor: Predictor, model: torch.nn.Module, prepared_dir: Path, split: str, cfg: EvaluateConfig, desc: str
-) -> tuple[PassResult, list[dict]]:
-    """Per-image confusion counts of ``model`` (the predictor's, or its bare network) for ``split``, overall and near
-    the outline, and the split's rows (name, species, ...)."""
+def score_split(predictor: Predictor, prepared_dir: Path, split: str, cfg: EvaluateConfig) -> tuple[PassResult, list]:
+    """Per-image confusion counts of the predictor's model for ``split``, overall, near the outline and (with TTA)
+    for the network alone, and the split's rows (name, species, ...)."""
     dataset = PreparedSplit(prepared_dir, split, predictor.transform)
     loader = DataLoader(dataset, batch_size=cfg.batch_size)
-    result = evaluate_loader(model, loader, predictor.device, cfg.threshold, desc=desc, boundary_px=cfg.boundary_px)
+    desc = f"evaluate {predictor.name}"
+    result = evaluate_loader(
+        predictor.model, loader, predictor.device, cfg.threshold, desc=desc, boundary_px=cfg.boundary_px
+    )
     return result, dataset.rows
 
 
 def evaluate_model(predictor: Predictor, prepared_dir: Path, cfg: EvaluateConfig) -> tuple[dict, PassResult, list]:
     """metrics.json's entry for one model on the test split, as the predictor serves it; with TTA, also the Dice of
     the network alone (the TTA effect)."""
-    desc = f"evaluate {predictor.name}"
-    result, rows = score_split(predictor, predictor.model, prepared_dir, "test", cfg, desc)
+    result, rows = score_split(predictor, prepared_dir, "test", cfg)
     metrics = model_metrics(result, rows)
-    if predictor.tta != "none":
-        plain, _ = score_split(predictor, predictor.network, prepared_dir, "test", cfg, desc + " (no TTA)")
-        metrics["dice_per_image_no_tta"] = round(summarize(plain.counts)["dice_per_image"], 6)
+    if result.plain_counts is not None:
+        metrics["dice_per_image_no_tta"] = round(summarize(result.plain_counts)["dice_per_image"], 6)
     return metrics, result, rows
 
 

@@ -42,8 +42,12 @@ class FlipAveraged(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # named as the models name it: the ONNX export's dynamic dims
-        mirrored = self.model(torch.flip(x, dims=[-1]))
-        return (self.model(x) + torch.flip(mirrored, dims=[-1])) / 2
+        return self.with_plain(x)[0]
+
+    def with_plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the flip-averaged logits, the network's own): one pass scores the model with and without TTA."""
+        plain = self.model(x)
+        return (plain + torch.flip(self.model(torch.flip(x, dims=[-1])), dims=[-1])) / 2, plain
 
 
 def with_tta(model: nn.Module, tta: str) -> nn.Module:

@@ -13,6 +13,7 @@ from petseg.training.state import HISTORY_FIELDS, VALIDATION_FIELDS, TrainState
 
 # Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
 TIMING_FIELDS = ("epoch_seconds", "images_per_second")
+EPOCHS_UNTIL_BUDGET = 100_000  # more epochs than any time budget holds: the budget alone ends training
 
 
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | list[str]) -> None:
@@ -49,11 +50,13 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
     return list(paths.values())
 
 
-def epoch_line(row: dict[str, float], epochs: int, best: bool) -> str:
-    """One epoch's progress line (validation scores only after a validation pass)."""
+def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: float) -> str:
+    """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget)."""
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
+    of = "" if epochs >= EPOCHS_UNTIL_BUDGET else f"/{epochs}"
+    budget = f" ({state.elapsed_seconds / 60:.1f}/{budget_s / 60:g} min)" if budget_s else ""
     return (
-        f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} {scores}"
+        f"epoch {row['epoch']}{of}{budget} train_loss {row['train_loss']:.4f} {scores}"
         f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
-        + (" *best" if best else "")
+        + (" *best" if state.best_epoch == row["epoch"] else "")
     )

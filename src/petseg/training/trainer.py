@@ -284,7 +284,7 @@ class Trainer:
             self.state.elapsed_seconds += time.perf_counter() - started - row["epoch_seconds"]  # the budget counts it
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            self.say(epoch_line(row, self.cfg.epochs, self.state.best_epoch == row["epoch"]))
+            self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
         if self.context.is_main and self.saved_epoch != self.state.epoch:
             self.save_resume_point(paths.last, fingerprint)
         # Written once at the end (a resumed or already finished run too): its presence means a finished run.
