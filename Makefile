@@ -4,44 +4,61 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-# CPU preset: the whole pipeline on a laptop in minutes (the default params.yaml is the GPU experiment).
-SOURCE ?= ../shared/data/oxford-pets-mini
-# Each model trains for at most 1.5 minutes (train.common.max_minutes), however fast the machine.
-CPU_PRESET := -S 'prepare.source=$(SOURCE)' -S prepare.image_size=64 -S train.common.max_minutes=1.5 \
-	-S train.common.num_workers=0 -S train.unet.base_channels=16 -S train.unet.batch_size=8 -S train.res34.batch_size=8 \
-	-S infer.limit=32
+# The default params.yaml is the bundled sample (sample/, real photos), sized to run anywhere in minutes. The full
+# experiment and the reference report's recipe are named DVC experiments, -S overrides away from it.
+OFFICIAL := https://www.robots.ox.ac.uk/~vgg/data/pets/data
+FULL := -S prepare.source=$(OFFICIAL) -S prepare.image_size=256 -S train.common.num_workers=4 \
+	-S train.unet.base_channels=64 -S infer.limit=0 \
+	$(foreach m,unet res34,-S train.$(m).epochs=40 -S train.$(m).batch_size=16)
 
 # The reference report's recipe (UNet without batch norm, Adam + weight decay, ReduceLROnPlateau, best epoch by
-# validation Dice, no progressive resizing, fp32, no test-time augmentation), one command away so that its published
-# figures can be reproduced.
+# validation Dice, no progressive resizing, fp32, no test-time augmentation) on the full data, one command away so
+# that its published figures can be reproduced.
 REFERENCE_RECIPE := -S train.common.select_by=dice -S train.common.validate_every=1 -S train.common.amp=false \
 	-S train.common.progressive_scale=1.0 -S train.common.progressive_until=0.0 -S train.unet.batch_norm=false \
-	-S evaluate.tta=none \
+	-S train.common.tta=none \
 	$(foreach m,unet res34,-S train.$(m).optimizer=adam -S train.$(m).lr=0.0001 -S train.$(m).weight_decay=0.00001 \
 	-S train.$(m).schedule=plateau -S train.$(m).warmup_epochs=0)
 
-.PHONY: repro repro-cpu repro-reference test test-fast lint bench venv clean
+.PHONY: repro repro-full repro-reference test test-fast lint lock bench venv clean
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exact versions of everything installed (requirements.lock), then petseg itself without resolving anything again.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Refresh the lock after changing pyproject.toml's dependencies: resolve them afresh in a scratch venv, freeze it.
+# PyPI's torch for Linux x86_64 brings the CUDA libraries (it runs on CPU-only machines too); elsewhere pip skips them.
+CUDA_ONLY := ^(nvidia-|cuda-|triton)
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^petseg' \
+		| sed -E "/$(CUDA_ONLY)/s/$$/ ; platform_system == 'Linux' and platform_machine == 'x86_64'/" > requirements.lock
+	rm -rf .lock-venv
 
 repro: $(STAMP)
 	dvc repro
 
 # A named DVC experiment whose params stay in it: `dvc exp run` writes the -S values into params.yaml, so the file is
-# put back as it was afterwards (also when the run fails). `dvc exp apply cpu-preset` brings them back on purpose.
-PARAMS_BACKUP := .dvc/tmp/params.before-cpu-preset.yaml
-repro-cpu: $(STAMP)
+# put back as it was afterwards (also when the run fails); `dvc exp apply <name>` brings them back on purpose.
+PARAMS_BACKUP := .dvc/tmp/params.before-experiment.yaml
+define named_experiment
 	mkdir -p $(dir $(PARAMS_BACKUP)) && cp params.yaml $(PARAMS_BACKUP)
-	dvc exp remove cpu-preset >/dev/null 2>&1 || true
-	dvc exp run -n cpu-preset $(CPU_PRESET); status=$$?; mv $(PARAMS_BACKUP) params.yaml; exit $$status
+	dvc exp remove $(1) >/dev/null 2>&1 || true
+	dvc exp run -n $(1) $(2); status=$$?; mv $(PARAMS_BACKUP) params.yaml; exit $$status
+endef
+
+repro-full: $(STAMP)
+	$(call named_experiment,full,$(FULL))
 
 repro-reference: $(STAMP)
-	dvc exp run -n reference-recipe $(REFERENCE_RECIPE)
+	$(call named_experiment,reference-recipe,$(FULL) $(REFERENCE_RECIPE))
 
 test: $(STAMP)
 	pytest
@@ -56,8 +73,8 @@ lint: $(STAMP)
 	lint-imports
 
 bench: $(STAMP)
-	petseg bench prepare --source $(SOURCE)
+	petseg bench prepare --source sample
 	petseg bench train
 
 clean:
-	rm -rf $(VENV) dvc_plots .pytest_cache .ruff_cache
+	rm -rf $(VENV) dvc_plots .pytest_cache .ruff_cache .lock-venv

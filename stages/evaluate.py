@@ -28,7 +28,7 @@ def main() -> None:
     for folder in (OUT_DIR, REPORTS_DIR / "cards"):
         ensure_writable(folder)
     device = resolve_device("auto")
-    predictors = {name: Predictor(checkpoint_path(name), device, params.evaluate.tta) for name in MODEL_NAMES}
+    predictors = {name: Predictor(checkpoint_path(name), device) for name in MODEL_NAMES}  # as served
     details, counts, started, speed = {}, {}, {}, {}
     for name, predictor in predictors.items():
         started[name] = time.time()

@@ -23,7 +23,7 @@ PER_IMAGE = REPORTS_DIR / "evaluate" / "per_image.csv"  # the grids show the bes
 @exits_cleanly
 def main() -> None:
     params = load_params()
-    cfg, threshold, batch_size = params.infer, params.evaluate.threshold, params.evaluate.batch_size
+    cfg, batch_size = params.infer, params.evaluate.batch_size
     test = PreparedSplit(PREPARED_DIR, "test").require_samples("infer")
     ensure_writable(OUT_DIR)
     names = [row["name"] for row in test.rows]
@@ -32,11 +32,11 @@ def main() -> None:
     device = resolve_device("auto")
     for name in MODEL_NAMES:
         started = time.time()
-        predictor = Predictor(checkpoint_path(name), device, params.evaluate.tta)  # as evaluate scored it
+        predictor = Predictor(checkpoint_path(name), device)  # served as evaluate scored it
         with atomic_dir(OUT_DIR / name / "masks") as masks_dir:
-            write_split_masks(predictor, test, count, batch_size, threshold, masks_dir)
+            write_split_masks(predictor, test, count, batch_size, masks_dir)
         grid_path = OUT_DIR / name / "overlays.png"
-        grid = best_and_worst(predictor, test, dice[name], cfg.grid_rows, threshold)
+        grid = best_and_worst(predictor, test, dice[name], cfg.grid_rows)
         title = f"{MODEL_TITLES[name]}: best (top) and worst (bottom) of {len(test)} test photos by Dice"
         plot_overlay_grid(grid, grid_path, title)
         worst = grid[-1]
@@ -45,9 +45,7 @@ def main() -> None:
             f"{worst['name']}, Dice {worst['dice']:.3f})"
         )
         with stage_tracker(params, "infer", name, started=started) as tracker:
-            tracker.log_params(
-                to_flat_dict(cfg, "infer.") | {"evaluate.threshold": threshold, "evaluate.tta": predictor.tta}
-            )
+            tracker.log_params(to_flat_dict(cfg, "infer.") | {"tta": predictor.tta, "threshold": predictor.threshold})
             tracker.log_artifacts([grid_path])
 
 

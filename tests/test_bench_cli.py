@@ -12,6 +12,7 @@ from petseg.bench import accuracy
 from petseg.cli import main as petseg_main
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
+from petseg.training.reports import EPOCHS_UNTIL_BUDGET
 from petseg.training.trainer import Trainer, TrainPaths
 
 PARAMS = ["--params", str(shipped_params_file())]  # the benchmarks run in a folder of their own
@@ -140,8 +141,12 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
 def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synthetic_archives, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     served = []
-    with_tta = accuracy.with_tta
+    with_tta, trainer = accuracy.with_tta, accuracy.Trainer
     monkeypatch.setattr(accuracy, "with_tta", lambda model, tta: served.append(tta) or with_tta(model, tta))
+    caps = []
+    monkeypatch.setattr(
+        accuracy, "Trainer", lambda name, params: caps.append(params.train.res34) or trainer(name, params)
+    )
     args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
     recipe = [
         "--set",
@@ -151,13 +156,14 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
         "--set",
         "train.res34.warmup_epochs=0",
         "--set",
-        "evaluate.tta=hflip",
+        "train.common.tta=hflip",
     ]
     assert petseg_main([*args, "--budget", "2", *PARAMS, *recipe]) == 0
-    assert served == ["none", "hflip"]  # the reference as the report scored it, petseg per evaluate.tta
+    assert served == ["none", "hflip"]  # the reference as the report scored it, petseg per train.common.tta
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
-    # Both sides train until the budget ends them: petseg's epoch count does not stop it first.
-    assert result["reference"]["epochs"] >= 2 and result["petseg"]["epochs"] >= 2
+    # Both sides train until the budget ends them: petseg's epochs (1 in its params) do not stop it first.
+    assert [cap.epochs for cap in caps] == [EPOCHS_UNTIL_BUDGET] and caps[0].warmup_epochs == 0
+    assert result["reference"]["epochs"] >= 1 and result["petseg"]["epochs"] >= 1
     for side in ("reference", "petseg"):
         low, high = result[side]["ci95"]
         assert low <= result[side]["dice_per_image"] <= high

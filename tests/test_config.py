@@ -47,7 +47,7 @@ def test_an_empty_or_partial_file_is_one_line_naming_what_is_missing(tmp_path, t
 
 
 @pytest.mark.parametrize(
-    "key", ["train.unet.base_channels", "train.common.augment.hflip", "evaluate.threshold", "tracking.experiment"]
+    "key", ["train.unet.base_channels", "train.common.augment.hflip", "train.common.threshold", "tracking.experiment"]
 )
 def test_every_key_is_required(key):
     raw = shipped_params()
@@ -95,7 +95,7 @@ def test_overrides_apply_on_top_of_the_file_and_are_validated():
         ({"train": {"common": {"augment": {"crop_scale": [0.9, 0.1]}}}}, "train.common.augment.crop_scale"),
         ({"train": {"res34": {"pretrained": "yes"}}}, "train.res34.pretrained: must be one of false, 'imagenet'"),
         ({"train": {"res34": {"weights_path": "w.pth"}}}, "train.res34.weights_path: must be null unless"),
-        ({"evaluate": {"threshold": 1.5}}, "evaluate.threshold: must be in (0, 1)"),
+        ({"train": {"common": {"threshold": 1.5}}}, "train.common.threshold: must be in (0, 1)"),
         ({"train": ["unet"]}, "train: must be a mapping"),
     ],
 )
@@ -134,3 +134,30 @@ def test_train_stage_refuses_unknown_model(tmp_path):
     result = run_stage("train", tmp_path, "--model", "vgg")
     assert result.returncode == 2
     assert "invalid choice: 'vgg'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("prepare:\n  seed: 1\n  seed: 2\n", "line 3: not valid YAML (key 'seed' is written twice, first on line 2)"),
+        ("tracking:\n  experiment: a\ntracking:\n  experiment: b\n", "line 3: not valid YAML (key 'tracking' is "),
+    ],
+)
+def test_a_key_written_twice_is_refused_naming_it_and_its_lines(tmp_path, text, message):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'params.yaml'}: {message}")
+
+
+@pytest.mark.parametrize("key", ["train.common.seed", "prepare.seed"])
+@pytest.mark.parametrize("seed", [2**32, 2**64, -1])
+def test_a_seed_torch_or_numpy_would_refuse_is_refused_at_load(key, seed):
+    raw = shipped_params()
+    section, leaf = key.rsplit(".", 1)
+    target = raw
+    for part in section.split("."):
+        target = target[part]
+    target[leaf] = seed
+    with pytest.raises(ConfigError, match=rf"^params.yaml: {key}: must be in \[0, 2\*\*32\) \(got {seed}\)$"):
+        parse_params(raw)

@@ -18,17 +18,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from helpers import MINI_DATA, copy_trained, free_port, run_stage, shipped_params_file
 from PIL import Image
 
 from petseg.cli import main as petseg_main
 from petseg.data.dataset import PreparedSplit
+from petseg.deploy.gate import promote
 from petseg.deploy.onnx_export import OnnxPredictor, export_onnx, parity
 from petseg.deploy.pyfunc import PetsegSegmenter, decode_png, segment_encoded
-from petseg.deploy.registry import promote
 from petseg.errors import PetsegError
 from petseg.evaluation.predictor import Predictor
+from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 
@@ -51,32 +51,60 @@ def test_export_writes_onnx_that_agrees_with_pytorch(exported):
         assert (exported / "models" / f"{name}.onnx").stat().st_size > 10_000
 
 
-def test_an_export_serves_its_tta_as_the_torch_predictor_does(exported, tmp_path, capsys):
+def with_serving(checkpoint: Path, out: Path, **serving) -> Path:
+    """A copy of ``checkpoint`` that carries other serving settings (tta, threshold)."""
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["serving"] = ckpt["serving"] | serving
+    save_checkpoint(out, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    return out
+
+
+def test_an_export_serves_its_checkpoints_tta_as_the_torch_predictor_does(exported, tmp_path, capsys):
     checkpoint = exported / "models" / "unet.pt"
+    assert load_checkpoint(checkpoint)["serving"] == {"tta": "hflip", "threshold": 0.5}  # params.yaml's train.common
     photos = np.asarray(PreparedSplit(exported / "data" / "prepared", "test").images[:4])
-    report = export_onnx(checkpoint, tmp_path / "plain.onnx", photos, 0.5, "none")
+    plain = with_serving(checkpoint, tmp_path / "plain.pt", tta="none")
+    report = export_onnx(plain, tmp_path / "plain.onnx", photos)
     assert report["max_abs_logit_diff"] <= 1e-4 and report["mask_agreement"] >= 0.9999
-    exports = {"hflip": exported / "models" / "unet.onnx", "none": tmp_path / "plain.onnx"}  # the stage: shipped hflip
+    exports = {"hflip": (checkpoint, exported / "models" / "unet.onnx"), "none": (plain, tmp_path / "plain.onnx")}
     served = {}
-    for tta, path in exports.items():
+    for tta, (source, path) in exports.items():
         onnx = OnnxPredictor(path)
         served[tta] = onnx.probabilities(photos)
-        assert onnx.tta == tta
-        assert torch.allclose(served[tta], Predictor(checkpoint, tta=tta).probabilities(photos), atol=1e-5)
+        assert onnx.tta == Predictor(source).tta == tta
+        assert torch.allclose(served[tta], Predictor(source).probabilities(photos), atol=1e-5)
     assert not torch.allclose(served["hflip"], served["none"], atol=1e-4)
-    args = ["predict", "--backend", "onnxruntime", "--model", str(exports["hflip"]), "--tta", "none", "x.jpg"]
+    hflip_onnx = exports["hflip"][1]
+    args = ["predict", "--backend", "onnxruntime", "--model", str(hflip_onnx), "--tta", "none", "x.jpg"]
     assert petseg_main(args) == 2
-    assert capsys.readouterr().err == (
-        f"petseg: error: --tta none: {exports['hflip']} was exported with tta hflip, built in\n"
-    )
+    assert capsys.readouterr().err == f"petseg: error: --tta none: {hflip_onnx} was exported with tta hflip, built in\n"
 
 
-def test_the_pyfunc_serves_with_the_tta_it_was_logged_with(exported):
-    for config, tta in (({"threshold": 0.4, "tta": "hflip"}, "hflip"), (None, "none")):
+def test_the_pyfunc_serves_the_checkpoints_own_tta_and_threshold(exported, tmp_path):
+    shipped = exported / "models" / "res34.pt"
+    for checkpoint, tta, threshold in (
+        (shipped, "hflip", 0.5),
+        (with_serving(shipped, tmp_path / "other.pt", tta="none", threshold=0.4), "none", 0.4),
+    ):
         segmenter = PetsegSegmenter()
-        artifacts = {"checkpoint": str(exported / "models" / "res34.pt")}
-        segmenter.load_context(SimpleNamespace(artifacts=artifacts, model_config=config))
-        assert segmenter.predictor.tta == tta and segmenter.threshold == (0.4 if config else 0.5)
+        segmenter.load_context(SimpleNamespace(artifacts={"checkpoint": str(checkpoint)}, model_config=None))
+        assert (segmenter.predictor.tta, segmenter.threshold) == (tta, threshold)
+
+
+def test_a_failed_export_never_replaces_the_good_one(exported, tmp_path, monkeypatch):
+    good = exported / "models" / "res34.onnx"
+    target = tmp_path / "res34.onnx"
+    target.write_bytes(good.read_bytes())
+    photos = np.asarray(PreparedSplit(exported / "data" / "prepared", "test").images[:2])
+
+    def disagree(expected, got, threshold, where):
+        raise PetsegError(f"{where}: ONNX Runtime disagrees with PyTorch")
+
+    monkeypatch.setattr("petseg.deploy.onnx_export.parity", disagree)
+    with pytest.raises(PetsegError, match="disagrees"):
+        export_onnx(exported / "models" / "res34.pt", target, photos)
+    assert target.read_bytes() == good.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["res34.onnx"]  # no temp file left either
 
 
 def test_parity_is_relative_to_the_logits_scale(tmp_path):
@@ -94,10 +122,9 @@ def test_parity_below_the_bar_fails_naming_the_numbers(tmp_path):
 
 def test_onnxruntime_backend_gives_the_same_masks(exported, synthetic_tree, tmp_path, capsys):
     photos = synthetic_tree / "images"
-    tta = OnnxPredictor(exported / "models" / "res34.onnx").tta  # the export stage's evaluate.tta
-    for backend, model, extra in (("torch", "res34.pt", ["--tta", tta]), ("onnxruntime", "res34.onnx", [])):
+    for backend, model in (("torch", "res34.pt"), ("onnxruntime", "res34.onnx")):  # each serves its checkpoint's TTA
         out = tmp_path / backend
-        args = ["predict", "--model", str(exported / "models" / model), "--out", str(out), "--device", "cpu", *extra]
+        args = ["predict", "--model", str(exported / "models" / model), "--out", str(out), "--device", "cpu"]
         assert petseg_main([*args, "--backend", backend, str(photos)]) == 0
     capsys.readouterr()
     torch_masks = sorted((tmp_path / "torch").iterdir())
@@ -124,7 +151,7 @@ def _version(client, model: str, tags: dict) -> str:
     name = f"petseg-{model}"
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
-    return client.create_model_version(name, "file:///nowhere", tags=tags).version
+    return str(client.create_model_version(name, "file:///nowhere", tags=tags).version)
 
 
 def _tags(dice: float, cat: float, split: str = "a") -> dict:
@@ -141,17 +168,87 @@ def test_the_promotion_gate_both_ways_and_idempotent(tmp_path):
     worse = _version(client, "res34", _tags(0.79, 0.80))
     decision = promote(client, "res34", 0.02)
     assert (decision.version, decision.alias) == (worse, "challenger")
-    assert decision.reason == "test Dice 0.7900 is below the champion's 0.8000"
-    assert client.get_model_version_by_alias("petseg-res34", "champion").version == first
+    assert decision.reason == f"test Dice 0.7900 is below 0.8000 (the champion, version {first})"
+    assert str(client.get_model_version_by_alias("petseg-res34", "champion").version) == first
     species_drop = _version(client, "res34", _tags(0.85, 0.75))
     assert promote(client, "res34", 0.02).reason.startswith("cat test Dice drops by 0.0500")
     other_split = _version(client, "res34", _tags(0.95, 0.95, split="b"))
     assert promote(client, "res34", 0.02).reason.startswith("its test split differs")
-    assert client.get_model_version_by_alias("petseg-res34", "challenger").version == other_split != species_drop
+    assert str(client.get_model_version_by_alias("petseg-res34", "challenger").version) == other_split != species_drop
     better = _version(client, "res34", _tags(0.82, 0.81))
     decision = promote(client, "res34", 0.02)
-    assert (decision.alias, decision.reason) == ("champion", f"passed the gate against version {first}")
-    assert client.get_model_version_by_alias("petseg-res34", "champion").version == better
+    assert (decision.alias, decision.reason) == ("champion", f"passed the gate against the champion, version {first}")
+    assert str(client.get_model_version_by_alias("petseg-res34", "champion").version) == better
+
+
+def registry(tmp_path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.mark.parametrize(
+    "tags,message",
+    [
+        (_tags(float("nan"), 0.9), "tag test_dice_per_image is 'nan'; only finite scores can be compared"),
+        (_tags(0.9, float("nan")), "tag test_dice_per_image.cat is 'nan'; only finite scores can be compared"),
+        (_tags(float("inf"), 0.9), "tag test_dice_per_image is 'inf'; only finite scores can be compared"),
+        ({"test_split_hash": "a"}, "has no test_dice_per_image tag (its evaluate run did not finish registering it)"),
+        ({}, "has no test_dice_per_image tag"),
+        (_tags(0.9, 0.9) | {"test_dice_per_image": "high"}, "tag test_dice_per_image is 'high', not a number"),
+        ({"test_dice_per_image": "0.9"}, "has no test_split_hash tag"),
+    ],
+)
+def test_only_finite_complete_scores_can_win(tmp_path, monkeypatch, capsys, tags, message):
+    client = registry(tmp_path)
+    first = _version(client, "res34", _tags(0.80, 0.80))
+    assert promote(client, "res34", 0.02).alias == "champion"
+    newest = _version(client, "res34", tags)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert petseg_main(["promote", "--model", "res34", "--params", str(shipped_params_file())]) == 1
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("petseg")]  # not MLflow's INFO
+    assert len(ours) == 1 and ours[0].startswith(f"petseg: error: petseg-res34 version {newest}") and message in ours[0]
+    assert str(client.get_model_version_by_alias("petseg-res34", "champion").version) == first
+
+
+def test_a_deleted_champion_leaves_the_gate_against_the_best_remaining_version(tmp_path):
+    client = registry(tmp_path)
+    _version(client, "res34", _tags(0.80, 0.80))
+    best = _version(client, "res34", _tags(0.85, 0.85))
+    assert promote(client, "res34", 0.02).alias == "champion"
+    champion = _version(client, "res34", _tags(0.90, 0.90))
+    assert promote(client, "res34", 0.02).version == champion
+    client.delete_model_version("petseg-res34", champion)
+    worse = _version(client, "res34", _tags(0.82, 0.82))
+    decision = promote(client, "res34", 0.02)
+    assert (decision.version, decision.alias) == (worse, "challenger")
+    assert decision.reason == (
+        f"test Dice 0.8200 is below 0.8500 (version {best}, the best earlier one (no version holds champion))"
+    )
+
+
+def test_promote_exit_codes_and_no_torch(tmp_path):
+    """Champion 0, challenger 1, an equal Dice passes (0), no version at all 2; moving an alias imports no torch."""
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PETSEG_PROGRESS": "0"}
+    script = (
+        "import sys; from petseg.cli import main; code = main(sys.argv[1:]); "
+        "print('torch' in sys.modules, 'torchvision' in sys.modules); sys.exit(code)"
+    )
+    params = str(shipped_params_file())
+
+    def run():
+        args = [sys.executable, "-c", script, "promote", "--model", "res34", "--params", params]
+        return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+
+    result = run()
+    assert result.returncode == 2 and "has no registered version yet" in result.stderr
+    client = registry(tmp_path)
+    _version(client, "res34", _tags(0.80, 0.80))
+    assert (result := run()).returncode == 0 and result.stdout.endswith("False False\n"), result.stderr
+    _version(client, "res34", _tags(0.80, 0.80))
+    assert run().returncode == 0  # an equal Dice is no worse
+    _version(client, "res34", _tags(0.70, 0.80))
+    assert (result := run()).returncode == 1 and "stays challenger: test Dice 0.7000 is below 0.8000" in result.stdout
 
 
 def test_promote_with_mlflow_down_is_one_warning(monkeypatch, capsys, tmp_path):
@@ -192,10 +289,15 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
     with tarfile.open(MINI_DATA / "images.tar.gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         photo.write_bytes(tar.extractfile(member).read())
-    tta = yaml.safe_load((project / "params.yaml").read_text())["evaluate"]["tta"]  # what the pyfunc was logged with
-    args = ["predict", "--model", str(project / "models" / "res34.pt"), "--tta", tta, "--out", str(tmp_path / "m")]
-    assert petseg_main([*args, str(photo)]) == 0
-    expected = np.asarray(Image.open(tmp_path / "m" / "photo.png"))
+    # Every way out serves what evaluate scored, with no flag: predict on the checkpoint and on its ONNX export, infer
+    # (its masks are of the prepared test photos, compared in test_evaluate_infer), and the served registry model.
+    masks = {}
+    for model in ("res34.pt", "res34.onnx"):
+        args = ["predict", "--model", str(project / "models" / model), "--out", str(tmp_path / model)]
+        assert petseg_main([*args, str(photo)]) == 0
+        masks[model] = np.asarray(Image.open(tmp_path / model / "photo.png"))
+    expected = masks["res34.pt"]
+    assert np.array_equal(masks["res34.onnx"], expected)
     port = free_port()
     server = subprocess.Popen(
         [
@@ -215,12 +317,12 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
         ],
         env=os.environ | env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=(tmp_path / "serve.log").open("wb"),  # a file, not a pipe: reading a live server's pipe blocks
     )
     try:
         rows = [[base64.b64encode(photo.read_bytes()).decode()], [base64.b64encode(b"no photo").decode()]]
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
-        answer = _post(f"http://127.0.0.1:{port}/invocations", body, server)
+        answer = _post(f"http://127.0.0.1:{port}/invocations", body, server, tmp_path / "serve.log")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -229,7 +331,7 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
     assert predictions["error"][0] == "" and predictions["error"][1].startswith("not a readable image")
 
 
-def _post(url: str, body: bytes, server: subprocess.Popen) -> dict:
+def _post(url: str, body: bytes, server: subprocess.Popen, log: Path) -> dict:
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -238,6 +340,6 @@ def _post(url: str, body: bytes, server: subprocess.Popen) -> dict:
                 return json.loads(response.read())
         except (urllib.error.URLError, ConnectionError) as err:
             if server.poll() is not None or time.monotonic() > deadline:
-                log = server.stderr.read().decode()[-2000:]
-                raise AssertionError(f"mlflow models serve did not answer ({err}): {log}") from None
+                tail = log.read_text(errors="replace")[-2000:]
+                raise AssertionError(f"mlflow models serve did not answer ({err}): {tail}") from None
             time.sleep(1)

@@ -19,8 +19,8 @@ STAGE_READS = {
     "train_unet": ["train.common", "train.unet"],
     "train_res34": ["train.common", "train.res34"],
     "evaluate": ["evaluate"],
-    "infer": ["infer", "evaluate.threshold", "evaluate.tta", "evaluate.batch_size"],
-    "export": ["evaluate.threshold", "evaluate.tta"],
+    "infer": ["infer", "evaluate.batch_size"],
+    "export": [],
 }
 
 
@@ -52,7 +52,7 @@ def imported_modules(path: Path) -> set[str]:
 def import_closure(module: str) -> set[str]:
     """Repo-relative paths of every source file that ``python -m <module>`` can execute."""
     seen: set[Path] = set()
-    todo = [module]
+    todo = [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 2)]  # stages/__init__.py runs first
     while todo:
         path = module_file(todo.pop())
         if path is None or path in seen:

@@ -73,10 +73,8 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
 def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_path):
     project = tmp_path / "p"
     copy_trained(trained, project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["evaluate"]["tta"] = "hflip"
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
     ckpt = load_checkpoint(project / "models" / "unet.pt")
+    assert ckpt["serving"]["tta"] == "hflip"  # the shipped train.common.tta, which evaluate serves as it scores
     head_bias = next(key for key in reversed(list(ckpt["state_dict"])) if key.endswith("bias"))
     ckpt["state_dict"][head_bias] = torch.full_like(ckpt["state_dict"][head_bias], -1e4)  # predicts no pet at all
     save_checkpoint(project / "models" / "unet.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
@@ -89,7 +87,7 @@ def test_tta_reports_its_effect_and_a_collapsed_model_is_flagged(trained, tmp_pa
     card = (project / "reports" / "cards" / "res34.md").read_text()
     no_tta = metrics["res34"]["dice_per_image_no_tta"]
     assert f"| Dice per image without the flip TTA it is served with | {no_tta:.4f} |" in card
-    assert "petseg predict --model models/res34.pt --tta hflip --out masks" in card
+    assert "petseg predict --model models/res34.pt --out masks" in card  # the checkpoint carries its TTA
 
 
 def test_infer_writes_original_size_masks_and_grids(trained):
@@ -178,6 +176,14 @@ def _hostile_checkpoints(trained, folder):
         "huge-width.pt": ({"model": {"name": "unet", "params": {"base_channels": 10**6, "batch_norm": False}}}, "fit"),
         "absurd-size.pt": ({"image_size": 131072}, "image_size 131072 is not a model input size"),
         "resume-point.pt": ({"model": None}, "not a model checkpoint"),
+        "nan-mean.pt": ({"normalization": {"mean": [float("nan")] * 3, "std": [0.5] * 3}}, "is not three finite"),
+        "huge-mean.pt": ({"normalization": {"mean": [1e39] * 3, "std": [0.5] * 3}}, "is not three finite"),
+        "denormal-std.pt": ({"normalization": {"mean": [0.5] * 3, "std": [1e-45] * 3}}, "three stds in [0.001, 10]"),
+        "text-mean.pt": ({"normalization": {"mean": ["a", "b", "c"], "std": [0.5] * 3}}, "is not three finite"),
+        "two-stds.pt": ({"normalization": {"mean": [0.5] * 3, "std": [0.5] * 2}}, "is not three finite"),
+        "nan-threshold.pt": ({"serving": {"tta": "none", "threshold": float("nan")}}, "threshold nan is not a number"),
+        "odd-tta.pt": ({"serving": {"tta": "vflip", "threshold": 0.5}}, "serving tta 'vflip' is not none or hflip"),
+        "old-format.pt": ({"serving": None}, "not a model checkpoint"),
     }
     for name, (change, message) in payloads.items():
         save_checkpoint(folder / name, {k: v for k, v in good.items() if k not in ("format", "version")} | change)
@@ -354,3 +360,60 @@ def test_predict_with_a_missing_model_is_one_line(tmp_path, capsys):
     code = petseg_main(["predict", "--model", str(tmp_path / "none.pt"), str(tmp_path)])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"petseg: error: {tmp_path / 'none.pt'}: checkpoint not found"
+
+
+def test_overlays_are_at_the_photos_own_size_and_do_not_change_the_mask(trained, synthetic_tree, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.open(synthetic_tree / "images" / "Persian_1.jpg").resize((400, 383)).save(folder / "cat.jpg")
+    assert predict(trained / "models" / "unet.pt", tmp_path / "plain", folder) == 0
+    assert predict(trained / "models" / "unet.pt", tmp_path / "drawn", folder, "--overlays") == 0
+    assert Image.open(tmp_path / "drawn" / "cat_overlay.png").size == (400, 383)  # not the reduced decode's
+    assert (tmp_path / "drawn" / "cat.png").read_bytes() == (tmp_path / "plain" / "cat.png").read_bytes()
+
+
+def test_predict_writes_the_same_bytes_whatever_the_batching(trained, synthetic_tree, tmp_path, capsys):
+    """Decoding and writing overlap the model in threads: outputs equal a plain photo-by-photo computation."""
+    from petseg.data.photos import load_rgb
+    from petseg.evaluation.predictor import Predictor, mask_at_size
+
+    images = synthetic_tree / "images"
+    for batch_size in (1, 3, 32):
+        assert (
+            predict(trained / "models" / "res34.pt", tmp_path / str(batch_size), images, "--batch-size", batch_size)
+            == 0
+        )
+    predictor = Predictor(trained / "models" / "res34.pt")
+    for path in sorted(images.iterdir())[:4]:
+        photo = load_rgb(path, predictor.image_size)
+        prob = predictor.probabilities(photo.resized[None])[0]
+        expected = mask_at_size(prob, photo.width, photo.height, predictor.threshold)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "1" / f"{path.stem}.png")), expected)
+    for path in (tmp_path / "1").iterdir():
+        assert (
+            path.read_bytes() == (tmp_path / "3" / path.name).read_bytes() == (tmp_path / "32" / path.name).read_bytes()
+        )
+
+
+def test_a_name_too_long_is_that_inputs_error_and_the_rest_are_written(trained, synthetic_tree, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    long_stem = "p" * 250  # fits as an input name (.jpg), not as "<stem>_overlay.png"
+    shutil.copy(synthetic_tree / "images" / "Persian_1.jpg", folder / f"{long_stem}.jpg")
+    shutil.copy(synthetic_tree / "images" / "beagle_1.jpg", folder / "dog.jpg")
+    assert predict(trained / "models" / "unet.pt", tmp_path / "out", folder, "--overlays") == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"petseg: error: {folder / long_stem}.jpg: its output name ppp")
+    assert captured.err.rstrip().endswith("is over 255 bytes; rename it") and captured.err.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["dog.png", "dog_overlay.png"]
+
+
+def test_an_unusable_out_is_one_line_before_any_work(trained, synthetic_tree, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    photo = synthetic_tree / "images" / "Persian_1.jpg"
+    assert predict(trained / "models" / "unet.pt", loop, photo) == 2
+    assert capsys.readouterr().err.startswith(f"petseg: error: --out {loop}: not a usable folder (")
+    (tmp_path / "file").write_text("x")
+    assert predict(trained / "models" / "unet.pt", tmp_path / "file", photo) == 2
+    assert capsys.readouterr().err == f"petseg: error: --out {tmp_path / 'file'}: exists and is not a folder\n"

@@ -53,3 +53,27 @@ def test_corrupt_archive_is_a_clear_error(tmp_path, archive):
     with pytest.raises(PetsegError, match="not a readable tar.gz .* delete it and rerun"):
         extract_archive(archive, tmp_path / "out", "x")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_archive_bomb_is_refused_by_its_headers_before_a_byte_is_written(tmp_path, archive, monkeypatch):
+    import gzip
+
+    bomb = tmp_path / "images.tar.gz"
+    with gzip.open(bomb, "wb", compresslevel=9) as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("images/huge.jpg")
+        info.size = 200 * 2**20  # 200 MiB of zeros packs to about 200 KiB
+
+        class Zeros:
+            def read(self, n):
+                return bytes(n)
+
+        tar.addfile(info, Zeros())
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(PetsegError, match=r"refused member 'images/huge.jpg' of 200 MiB \(the limit for one file"):
+        extract_archive(bomb, tmp_path / "out", "digest")
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr("petseg.data.extract.RATIO_FREE_BYTES", 0)  # the members now add up past the ratio
+    monkeypatch.setattr("petseg.data.extract.MAX_RATIO", 1)
+    with pytest.raises(PetsegError, match=r"refused: it unpacks to more than .* MiB \(at most 1x its packed size"):
+        extract_archive(archive, tmp_path / "out2", "digest")
+    assert not (tmp_path / "out2").exists()

@@ -348,3 +348,16 @@ def test_a_mode_pillow_cannot_turn_into_rgb_is_a_listed_skip(tmp_path):
     Image.fromarray(np.full((8, 8), -5.0, np.float32)).save(tmp_path / "negative.tiff")
     with pytest.raises(SampleError, match=r"image cannot be decoded \(F pixels outside 0..65535\)"):
         load_sample(tmp_path / "negative.tiff", trimap, 32, "pet")
+
+
+def test_a_prepare_with_no_usable_sample_fails_and_keeps_the_previous_cache(tmp_path, synthetic_tree):
+    tree = tmp_path / "tree"
+    shutil.copytree(synthetic_tree, tree)
+    out = tmp_path / "prepared"
+    prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32, workers=1))
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    for photo in (tree / "images").iterdir():
+        photo.write_bytes(b"\0" * 1000)  # what an archive of empty or broken photos extracts to
+    with pytest.raises(PetsegError, match=r"^prepare: no usable train or test sample \(32 skipped; most common "):
+        prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32, workers=1))
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before

@@ -315,8 +315,8 @@ def test_a_time_budget_stops_after_the_epoch_that_crosses_it(project, capsys):
     assert state.epoch == 1 and state.stopped_by == "time budget"
     assert 0 <= state.history[-1]["val_dice"] <= 1  # the budget's last epoch is validated, whatever validate_every
     out = capsys.readouterr().out
-    assert "train_unet: epoch 1/5 (0.0/1e-06 min) train_loss" in out
-    assert "train_unet: time budget reached: 0.0 of 0.0 minutes, 1 epochs" in out
+    assert re.search(r"train_unet: epoch 1/5 \([0-9.]+/1e-06 min\) train_loss", out)  # however long the epoch took
+    assert re.search(r"train_unet: time budget reached: [0-9.]+ of 0\.0 minutes, 1 epochs", out)
     metrics = json.loads((project / "reports" / "train" / "unet" / "metrics.json").read_text())
     assert metrics["epochs_run"] == 1 and metrics["stopped_by"] == "time budget"
     assert (project / "models" / "unet.pt").exists()

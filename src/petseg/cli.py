@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or directories")
     predict.add_argument("--model", required=True, type=Path, help="a checkpoint, e.g. models/res34.pt")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="output directory")
-    predict.add_argument("--threshold", type=_threshold, default=0.5)
+    predict.add_argument("--threshold", type=_threshold, help="mask threshold; default: the model's own")
     predict.add_argument("--batch-size", type=_positive, default=8)
     predict.add_argument("--overlays", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--tta",
         choices=("none", "hflip"),
-        help="test-time augmentation: hflip averages with the mirrored photo (twice the compute); default none; "
-        "an ONNX export carries the evaluate.tta it was exported with",
+        help="test-time augmentation: hflip averages with the mirrored photo (twice the compute); default: the model's "
+        "own, as it was scored (an ONNX export has it built in)",
     )
 
     promote = commands.add_parser(
@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.tta not in (None, predictor.tta):
                 raise PetsegError(f"--tta {args.tta}: {args.model} was exported with tta {predictor.tta}, built in")
         else:
-            predictor = Predictor(args.model, resolve_device(args.device), args.tta or "none")
-        summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
+            predictor = Predictor(args.model, resolve_device(args.device), args.tta)
+        threshold = predictor.threshold if args.threshold is None else args.threshold
+        summary = predict_paths(predictor, args.paths, args.out, threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
     if args.command == "promote":

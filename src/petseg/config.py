@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from petseg.schema import ConfigError, build, set_dotted
+from petseg.schema import ConfigError, build, parse_yaml, set_dotted
 
 OFFICIAL_SOURCE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 MODEL_NAMES = ("unet", "res34")
@@ -34,6 +32,9 @@ RESULT_NEUTRAL = frozenset(
         "promote.max_species_drop",  # read by `petseg promote`, which is no DVC stage
     }
 )
+
+
+SEED_LIMIT = 2**32  # seeds are [0, 2**32): numpy's limit, and torch's with the per-epoch seeds derived from them
 
 
 def result_neutral(key: str) -> bool:
@@ -61,6 +62,7 @@ class PrepareConfig:
         size_ok = self.image_size >= 32 and self.image_size % 32 == 0
         _check(size_ok, f"{key}.image_size", "a positive multiple of 32", self.image_size)
         _check(0 < self.valid_fraction < 1, f"{key}.valid_fraction", "in (0, 1)", self.valid_fraction)
+        _check(0 <= self.seed < SEED_LIMIT, f"{key}.seed", "in [0, 2**32)", self.seed)
         _check(self.workers >= 0, f"{key}.workers", ">= 0 (0 = one per core)", self.workers)
         for name, digest in self.checksums.items():
             _check(
@@ -128,10 +130,13 @@ class TrainCommonConfig:
     checkpoint_minutes: float  # the resume point is written at most this often (and after the last epoch); 0 = always
     progressive_scale: float  # train at this fraction of the prepared size first (1 = always at the prepared size)
     progressive_until: float  # ... until this fraction of the training (epochs or budget) has passed
+    tta: Literal["none", "hflip"]  # test-time augmentation the checkpoint is scored and served with
+    threshold: float  # on the sigmoid: the checkpoint's mask threshold wherever it is scored or served
     augment: AugmentConfig
     loss: LossConfig
 
     def validate(self, key: str) -> None:
+        _check(0 <= self.seed < SEED_LIMIT, f"{key}.seed", "in [0, 2**32)", self.seed)
         _check(self.validate_every >= 1, f"{key}.validate_every", ">= 1", self.validate_every)
         _check(self.max_minutes >= 0, f"{key}.max_minutes", ">= 0 (0 = no time budget)", self.max_minutes)
         _check(self.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", ">= 0", self.checkpoint_minutes)
@@ -140,6 +145,7 @@ class TrainCommonConfig:
         _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
         _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
         _check(self.nproc >= 1, f"{key}.nproc", ">= 1", self.nproc)
+        _check(0 < self.threshold < 1, f"{key}.threshold", "in (0, 1)", self.threshold)
 
 
 @dataclass(frozen=True)
@@ -218,13 +224,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    threshold: float
     batch_size: int
-    tta: Literal["none", "hflip"]  # test-time augmentation: average with the horizontally flipped photo
     boundary_px: int  # half-width of the band around the pet's outline that the boundary score looks at
 
     def validate(self, key: str) -> None:
-        _check(0 < self.threshold < 1, f"{key}.threshold", "in (0, 1)", self.threshold)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
         _check(self.boundary_px >= 1, f"{key}.boundary_px", ">= 1", self.boundary_px)
 
@@ -286,12 +289,7 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found (run from the project root, where params.yaml is)") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw = parse_yaml(text, path)
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
     return parse_params(raw, str(path))

@@ -9,11 +9,37 @@ import types
 import typing
 from typing import Any, Literal
 
+import yaml
+
 from petseg.errors import PetsegError
 
 
 class ConfigError(PetsegError):
     pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                problem = f"key {key!r} is written twice, first on line {seen[key]}"
+                raise yaml.constructor.ConstructorError(problem=problem, problem_mark=key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, source: object) -> Any:
+    """YAML text -> Python values, a syntax error or a key written twice as one line naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}:{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
 
 
 def _type_name(tp: Any) -> str:

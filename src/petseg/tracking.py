@@ -57,6 +57,23 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+LIBRARIES = ("petseg", "torch", "torchvision", "numpy", "pillow", "onnx", "onnxruntime", "mlflow", "dvc")
+
+
+def library_versions() -> dict[str, str]:
+    """The Python and library versions this process runs with (from the installed metadata: no imports), recorded
+    in every MLflow run and every checkpoint; requirements.lock pins them for a rebuild."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
 def run_tags(stage: str, model: str | None = None) -> dict[str, str]:
     tags = {
         "stage": stage,
@@ -66,6 +83,7 @@ def run_tags(stage: str, model: str | None = None) -> dict[str, str]:
     }
     if model:
         tags["model"] = model
+    tags |= {f"version.{name}": value for name, value in library_versions().items()}
     if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
         tags["dvc.baseline_rev"] = baseline
     if commit := git_commit():

@@ -64,11 +64,11 @@ def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int)
     return model.eval(), epochs
 
 
-def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: str) -> dict:
+def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: str, threshold: float) -> dict:
     """Test-split scores by the evaluate stage's own code (0.5/0.5 normalization, as both sides train with it)."""
     dataset = PreparedSplit(prepared, "test", eval_transforms(HALF_MEAN, HALF_STD))
     loader, cpu = DataLoader(dataset, 16), torch.device("cpu")
-    result = evaluate_loader(with_tta(model, tta), loader, cpu, 0.5, boundary_px=boundary_px)
+    result = evaluate_loader(with_tta(model, tta), loader, cpu, threshold, boundary_px=boundary_px)
     scores = summarize(result.counts)
     low, high = bootstrap_ci(per_image_scores(result.counts)["dice"].numpy())
     out = {"dice_per_image": scores["dice_per_image"], "dice_dataset": scores["dice_dataset"], "ci95": [low, high]}
@@ -93,9 +93,10 @@ def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Param
         ours = Trainer(model_name, params)
         state = ours.fit(prepared, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
         boundary_px = params.evaluate.boundary_px
-        # Each side scored as its recipe evaluates: the report's without test-time augmentation, ours per evaluate.tta.
-        sides = {"reference": test_scores(reference, prepared, boundary_px, "none")}
-        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, params.evaluate.tta)
+        # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
+        # checkpoint would be (train.common.tta and threshold).
+        sides = {"reference": test_scores(reference, prepared, boundary_px, "none", 0.5)}
+        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, common.tta, common.threshold)
     sides["reference"]["epochs"], sides["petseg"]["epochs"] = reference_epochs, state.epoch
     gain = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
     rows = [

@@ -38,7 +38,7 @@ def bench_infer(checkpoint: Path, images: Path, batch_size: int, sizes: list[int
     rows = []
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         photos = rng.integers(0, 256, (2, eager.image_size, eager.image_size, 3), dtype=np.uint8)
-        export_onnx(checkpoint, Path(tmp) / "model.onnx", photos, 0.5, "none")
+        export_onnx(checkpoint, Path(tmp) / "model.onnx", photos)
         runtime = OnnxPredictor(Path(tmp) / "model.onnx")
         for size in sizes:
             eager.image_size = runtime.image_size = size  # both resize the photos to this size

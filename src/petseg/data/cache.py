@@ -27,6 +27,7 @@ from petseg.data.layout import (
 )
 from petseg.data.lists import ListEntry, build_splits
 from petseg.data.photos import SampleError, load_sample
+from petseg.errors import PetsegError
 from petseg.fileio import atomic_dir, die_with_parent, ensure_writable
 from petseg.progress import progress
 
@@ -127,6 +128,14 @@ def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg:
             report["counts"][split] = len(kept)
             report["species"][split] = dict(sorted(Counter(e.species for e, _, _ in kept).items()))
             report["foreground_fraction"][split] = fraction
+        empty = [split for split in ("train", "test") if not report["counts"][split]]
+        if empty:  # raised inside atomic_dir: the previous cache stays as it was
+            reasons = Counter(item["reason"] for item in skipped).most_common(1)
+            why = f"; most common reason: {reasons[0][0]}" if reasons else ""
+            raise PetsegError(
+                f"prepare: no usable {' or '.join(empty)} sample ({len(skipped)} skipped{why}); "
+                f"{out_dir} is left as it was"
+            )
         report["counts"]["total"] = sum(report["counts"][s] for s in SPLITS)
         report["skipped_count"] = len(skipped)
         report["skipped"] = skipped

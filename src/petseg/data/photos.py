@@ -71,13 +71,14 @@ def to_rgb8(img: Image.Image) -> Image.Image:
 
 def decode_near(img: Image.Image, size: int) -> Image.Image:
     """Decode as little as needed for a ``size`` output: a JPEG at the smallest 1/2^k scale still >= ``size``
-    (much less work and memory), another format reduced by a whole factor when it is >= 4x larger."""
+    (much less work and memory); another format as 8-bit RGB first (``reduce`` refuses I;16, P and 1 and averages
+    palette indices of PA), then reduced by a whole factor when it is >= 4x larger, exactly as its RGB twin is."""
     if img.format == "JPEG":
         img.draft("RGB", (size, size))
-    factor = min(img.width, img.height) // (2 * size)
-    if img.format != "JPEG" and factor >= 2:
-        img = img.reduce(factor)
-    return to_rgb8(img)
+        return to_rgb8(img)
+    rgb = to_rgb8(img)
+    factor = min(rgb.width, rgb.height) // (2 * size)
+    return rgb.reduce(factor) if factor >= 2 else rgb
 
 
 def load_sample(
@@ -119,7 +120,6 @@ def load_sample(
 @dataclass(frozen=True)
 class Photo:
     resized: np.ndarray  # uint8 size x size x 3, what the model sees
-    preview: Image.Image  # RGB at most PREVIEW_SIDE long, for overlays
     width: int  # the photo's size as a viewer shows it (EXIF orientation applied)
     height: int
 
@@ -132,6 +132,13 @@ def load_rgb(path: Path, size: int) -> Photo:
         if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
             width, height = height, width
         upright = ImageOps.exif_transpose(decode_near(img, size))
-    preview = upright.copy()
+    return Photo(resize_photo(upright, size), width, height)
+
+
+def load_preview(path: Path) -> Image.Image:
+    """The photo upright as RGB at its own size, at most :data:`PREVIEW_SIDE` long (overlays): decoded apart from
+    the model's input, so a mask never depends on whether an overlay was asked for."""
+    with open_photo(path) as img:
+        preview = ImageOps.exif_transpose(decode_near(img, PREVIEW_SIDE))
     preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    return Photo(resize_photo(upright, size), preview, width, height)
+    return preview

@@ -28,7 +28,7 @@ def _score_rows(metrics: dict) -> list[tuple[str, Any]]:
     by_species = metrics["species"].items()
     species = ", ".join(f"{kind} {s['dice_per_image']:.4f} ({s['images']} images)" for kind, s in by_species)
     served = []
-    if "dice_per_image_no_tta" in metrics:  # evaluate.tta: hflip, which the pyfunc and the ONNX export serve too
+    if "dice_per_image_no_tta" in metrics:  # served with flip TTA: by every way out, as the checkpoint says
         served = [("Dice per image without the flip TTA it is served with", f"{metrics['dice_per_image_no_tta']:.4f}")]
     return [
         ("Dice per image (95 % bootstrap interval)", f"{metrics['dice_per_image']:.4f} [{low:.4f}, {high:.4f}]"),
@@ -41,14 +41,15 @@ def _score_rows(metrics: dict) -> list[tuple[str, Any]]:
     ]
 
 
-def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict) -> str:
+def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict, environment: dict) -> str:
     """``data``: the prepared data's meta plus source, species and split hash; ``recipe``: the flat training params
-    stored in the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: img/s."""
+    stored in the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: img/s;
+    ``environment``: the library versions that trained it (stored in the checkpoint)."""
     counts = data["counts"]
     data_table, recipe_table = _table(_data_rows(data)), _table([(f"`{k}`", v) for k, v in sorted(recipe.items())])
     score_table, speed_table = _table(_score_rows(metrics)), _table([(k, f"{v:.1f} img/s") for k, v in speed.items()])
     kind = MODEL_TITLES[model]
-    tta = " --tta hflip" if "dice_per_image_no_tta" in metrics else ""  # the scores above are with it
+    versions = ", ".join(f"{name} {value}" for name, value in environment.items())
     return f"""# petseg-{model}
 
 A {kind} that marks the pet in a photo (binary mask), trained from scratch by the petseg pipeline.
@@ -59,6 +60,8 @@ A {kind} that marks the pet in a photo (binary mask), trained from scratch by th
 ## Recipe
 {recipe_table}
 
+Trained with {versions}.
+
 ## How well (official test split)
 {score_table}
 
@@ -67,7 +70,7 @@ A {kind} that marks the pet in a photo (binary mask), trained from scratch by th
 
 ## How to use it
 ```bash
-petseg predict --model models/{model}.pt{tta} --out masks photo.jpg folder/
+petseg predict --model models/{model}.pt --out masks photo.jpg folder/
 petseg predict --backend onnxruntime --model models/{model}.onnx --out masks photo.jpg
 mlflow models serve -m models:/petseg-{model}@champion --env-manager local --host 127.0.0.1 --port 5001
 # POST {{"dataframe_split": {{"columns": ["image"], "data": [["<base64 JPEG or PNG>"]]}}}} to /invocations
@@ -77,5 +80,7 @@ mlflow models serve -m models:/petseg-{model}@champion --env-manager local --hos
 - Trained on {counts["train"]} photos of the species above only ({data["source"]}); other animals, breeds or
   photo styles are untested. Scores at {data["image_size"]} px do not carry over to other sizes.
 - The interval above is over test photos of this split; a difference between models inside it is not a win.
-- A photo over 150 Mpx is refused; masks are thresholded at 0.5.
+- A photo over 150 Mpx is refused; masks are thresholded at {recipe.get("train.common.threshold", "?")} on the
+  sigmoid{" of the flip-averaged logits" if recipe.get("train.common.tta") == "hflip" else ""} (the checkpoint's own
+  setting, which every way out uses unless told otherwise).
 """

@@ -13,20 +13,21 @@ from petseg.errors import PetsegError
 from petseg.evaluation.predictor import normalized
 from petseg.fileio import atomic_file
 from petseg.models import with_tta
-from petseg.models.checkpoint import first_line, load_trained_model
+from petseg.models.checkpoint import check_serving, first_line, load_trained_model
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
 MIN_MASK_AGREEMENT = 0.9999
 
 
-def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: float, tta: str) -> dict:
-    """Write ``out`` (atomically) with the test-time augmentation ``tta`` in its graph, and return the parity report;
-    parity below the bar is one error with the numbers."""
+def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray) -> dict:
+    """Write ``out`` with the checkpoint's test-time augmentation in its graph and its threshold in its metadata, and
+    return the parity report. The file is checked before it replaces ``out``: parity below the bar is one error with
+    the numbers, and whatever fails, an earlier ``out`` stays as it was."""
     import onnxruntime as ort  # imported here: the rest of petseg runs without it
 
     trained = load_trained_model(checkpoint)
-    model = with_tta(trained.model, tta)
+    model, tta = with_tta(trained.model, trained.tta), trained.tta
     batch = normalized(photos, trained.mean, trained.std)
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
     # The UNets halve the size five times: any multiple of 32 works, which is what the dims below say.
@@ -48,18 +49,20 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, threshold: floa
     except Exception as err:  # the exporter raises its own error types, with pages of advice
         raise PetsegError(f"{checkpoint}: ONNX export failed ({first_line(err)})") from None
     meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size), "petseg.tta": tta}
+    meta["petseg.threshold"] = repr(trained.threshold)
     meta |= {"petseg.mean": json.dumps(trained.mean), "petseg.std": json.dumps(trained.std)}
     proto = program.model_proto  # a fresh proto on every access: take it once
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    with atomic_file(out, "wb") as handle:
-        handle.write(proto.SerializeToString())
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    data = proto.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # checked before it is written
     with torch.no_grad():
         expected = model(batch).numpy()
-    got = session.run(None, {"image": batch.numpy()})[0]
-    return parity(expected, got, threshold, out)
+    report = parity(expected, session.run(None, {"image": batch.numpy()})[0], trained.threshold, out)
+    with atomic_file(out, "wb") as handle:
+        handle.write(data)
+    return report
 
 
 def parity(expected: np.ndarray, got: np.ndarray, threshold: float, where: Path) -> dict:
@@ -90,9 +93,10 @@ class OnnxPredictor:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.name, self.image_size = meta["petseg.model"], int(meta["petseg.image_size"])
             self.mean, self.std = tuple(json.loads(meta["petseg.mean"])), tuple(json.loads(meta["petseg.std"]))
-            self.tta = meta.get("petseg.tta", "none")  # exports before TTA existed have none
+            self.tta, self.threshold = meta["petseg.tta"], float(meta["petseg.threshold"])
         except Exception as err:  # onnxruntime raises its own exception types for a bad file
             raise PetsegError(f"{path}: not a petseg ONNX export ({str(err).splitlines()[0][:200]})") from None
+        check_serving(path, self.image_size, self.mean, self.std, self.tta, self.threshold)
 
     def probabilities(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, S, S, 3) at the training size -> float (N, S, S) pet probabilities."""

@@ -46,12 +46,11 @@ def segment_encoded(predictor, encoded: Any, threshold: float) -> dict[str, Any]
 
 
 class PetsegSegmenter(PythonModel):
-    """Loads the checkpoint logged beside it as the artifact ``checkpoint``."""
+    """Loads the checkpoint logged beside it as the artifact ``checkpoint``, served with its own TTA and threshold."""
 
     def load_context(self, context) -> None:
-        config = context.model_config or {}
-        self.predictor = Predictor(context.artifacts["checkpoint"], "cpu", config.get("tta", "none"))
-        self.threshold = float(config.get("threshold", 0.5))
+        self.predictor = Predictor(context.artifacts["checkpoint"], "cpu")
+        self.threshold = self.predictor.threshold
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if INPUT_COLUMN not in model_input:

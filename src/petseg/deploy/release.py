@@ -37,8 +37,7 @@ def log_evaluation(
     tags = version_tags(metrics, read_meta(prepared_dir)["split_lists"], extra)
 
     def register(mlflow) -> str:
-        cfg = params.evaluate
-        version, model_id = log_and_register(mlflow, model, checkpoint, photo, cfg.threshold, cfg.tta, tags)
+        version, model_id = log_and_register(mlflow, model, checkpoint, photo, tags)
         mlflow.log_metrics(mlflow_scores(metrics), model_id=model_id)
         return version
 
@@ -56,11 +55,12 @@ def write_model_card(
     prepared = json.loads(report_path.read_text()) if report_path.exists() else {}
     data = meta | {"split_hash": meta["split_lists"], "source": prepared.get("source", "unknown")}
     data["species"] = prepared.get("species", "unknown")
-    recipe = load_checkpoint(checkpoint).get("recipe", {})
+    trained = load_checkpoint(checkpoint)
+    recipe, environment = trained.get("recipe", {}), trained.get("environment", {})
     timing_path = reports_dir / "train" / model / "timing.json"
     speed = {"evaluation (test split, this machine)": eval_images_per_second}
     if timing_path.exists():
         speed["training (mean over epochs)"] = json.loads(timing_path.read_text())["images_per_second"]
     out = reports_dir / "cards" / f"{model}.md"
-    write_text(out, model_card(model, data, recipe, metrics, speed))
+    write_text(out, model_card(model, data, recipe, metrics, speed, environment))
     return out

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from petseg.data.photos import Photo, load_rgb
+from petseg.data.photos import Photo, load_preview, load_rgb
 from petseg.errors import PetsegError
 from petseg.evaluation.predictor import PRED_COLOR, Predictor, mask_at_size, overlay
 from petseg.fileio import atomic_file, ensure_writable
@@ -48,6 +53,9 @@ def collect_inputs(paths: list[Path], overlays: bool = False) -> tuple[list[Path
             continue  # the same file named twice
         seen.add(path.resolve())
         outputs = output_names(path, overlays)
+        if too_long := [name for name in outputs if len(os.fsencode(name)) > NAME_MAX]:
+            problems.append(f"{path}: its output name {too_long[-1][:40]}... is over {NAME_MAX} bytes; rename it")
+            continue
         clash = next((name for name in outputs if name in claimed), None)
         if clash is None:
             claimed.update({name: (path, what) for name, what in outputs.items()})
@@ -65,6 +73,9 @@ def output_names(path: Path, overlays: bool) -> dict[str, str]:
     if overlays:
         names[f"{path.stem}_overlay.png"] = "overlay"
     return names
+
+
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems
 
 
 def refuse_out_beside_inputs(files: list[Path], out_dir: Path) -> None:
@@ -87,42 +98,95 @@ def _report(message: str) -> None:
     print(f"petseg: error: {message}", file=sys.stderr)
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def usable_out(out_dir: Path) -> Path:
+    """``--out`` checked before any work: a symlink loop or a file in the way is one line, not a traceback."""
+    try:
+        out_dir.resolve(strict=False)
+    except (OSError, RuntimeError) as err:
+        raise PetsegError(f"--out {out_dir}: not a usable folder ({_first_line(err)})") from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PetsegError(f"--out {out_dir}: exists and is not a folder")
+    return out_dir
+
+
+IO_THREADS = 2  # decode the next batch and write the last one while the model runs
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _decoded_batches(pool: ThreadPoolExecutor, files: list[Path], size: int, batch_size: int) -> Iterator[list]:
+    """Batches of (path, future Photo), the next batch's decoding already submitted: at most two batches of decoded
+    photos exist at a time."""
+    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    pending = [pool.submit(load_rgb, path, size) for path in chunks[0]] if chunks else []
+    for index, chunk in enumerate(chunks):
+        current = pending
+        pending = [pool.submit(load_rgb, path, size) for path in chunks[index + 1]] if index + 1 < len(chunks) else []
+        yield list(zip(chunk, current, strict=True))
+
+
+def _write_outputs(path: Path, photo: Photo, prob, out_dir: Path, threshold: float, overlays: bool) -> str:
+    """One photo's mask (and overlay); '' or why it could not be written (a full disk stops the whole run)."""
+    try:
+        save_png(out_dir / f"{path.stem}.png", mask_at_size(prob, photo.width, photo.height, threshold))
+        if overlays:  # drawn on a preview of at most 2048 px: a 12000 px photo's overlay would take gigabytes
+            preview = load_preview(path)
+            where = mask_at_size(prob, *preview.size, threshold) > 0
+            save_png(out_dir / f"{path.stem}_overlay.png", overlay(np.asarray(preview), where, PRED_COLOR))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        return f"{path}: its outputs could not be written to {out_dir} ({err.strerror or _first_line(err)})"
+    return ""
+
+
 def predict_paths(
     predictor: Predictor,
     paths: list[Path],
     out_dir: Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 8,
     overlays: bool = False,
 ) -> PredictSummary:
+    """Masks (and overlays) for every readable input; each input that fails is its own error line, the rest go on.
+    Decoding and writing run in threads beside the model; outputs are the same bytes as one after the other."""
+    threshold = predictor.threshold if threshold is None else threshold
     files, problems = collect_inputs(paths, overlays)
-    refuse_out_beside_inputs(files, out_dir)
+    refuse_out_beside_inputs(files, usable_out(out_dir))
     ensure_writable(out_dir)
     summary = PredictSummary(failed=len(problems))
     for problem in problems:
         _report(problem)
-    batch: list[tuple[Path, Photo]] = []
-
-    def flush() -> None:
-        probs = predictor.probabilities(np.stack([photo.resized for _, photo in batch]))
-        for (path, photo), prob in zip(batch, probs, strict=True):
-            save_png(out_dir / f"{path.stem}.png", mask_at_size(prob, photo.width, photo.height, threshold))
-            if overlays:  # drawn on the bounded preview: a 12000 px photo's overlay would take gigabytes
-                where = mask_at_size(prob, *photo.preview.size, threshold) > 0
-                save_png(out_dir / f"{path.stem}_overlay.png", overlay(np.asarray(photo.preview), where, PRED_COLOR))
-            summary.written += 1
-        batch.clear()
-
-    for path in progress(files, desc="predict", unit=" img"):
-        try:
-            photo = load_rgb(path, predictor.image_size)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            _report(f"{path}: not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
-            summary.failed += 1
-            continue
-        batch.append((path, photo))
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
+    bar = progress(total=len(files), desc="predict", unit=" img")
+    with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="petseg-io") as pool:
+        writes: deque[Future] = deque()
+        for batch in _decoded_batches(pool, files, predictor.image_size, batch_size):
+            readable = []
+            for path, decoded in batch:
+                try:
+                    readable.append((path, decoded.result()))
+                except UNREADABLE as err:
+                    _report(f"{path}: not a readable image ({_first_line(err)})")
+                    summary.failed += 1
+            if readable:
+                probs = predictor.probabilities(np.stack([photo.resized for _, photo in readable]))
+                for (path, photo), prob in zip(readable, probs, strict=True):
+                    writes.append(pool.submit(_write_outputs, path, photo, prob, out_dir, threshold, overlays))
+            while len(writes) > batch_size or (writes and writes[0].done()):  # bounded: one batch in flight
+                _finish(writes.popleft(), summary)
+            bar.update(len(batch))
+        while writes:
+            _finish(writes.popleft(), summary)
+    bar.close()
     return summary
+
+
+def _finish(write: Future, summary: PredictSummary) -> None:
+    if problem := write.result():
+        _report(problem)
+        summary.failed += 1
+    else:
+        summary.written += 1

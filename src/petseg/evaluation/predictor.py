@@ -24,14 +24,14 @@ def normalized(images: np.ndarray | torch.Tensor, mean, std) -> torch.Tensor:
 
 
 class Predictor:
-    """A checkpoint ready for inference at its training size, with test-time augmentation ``tta`` (none | hflip):
-    ``model`` is what it serves."""
+    """A checkpoint ready for inference at its training size, served as it was scored: with the test-time
+    augmentation and threshold it carries (``tta`` overrides it only when given). ``model`` is what it serves."""
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", tta: str = "none"):
+    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", tta: str | None = None):
         trained = load_trained_model(checkpoint)
         self.name, self.image_size, self.mean, self.std = trained.name, trained.image_size, trained.mean, trained.std
-        self.device, self.tta = torch.device(device), tta
-        self.model = with_tta(trained.model.to(self.device), tta)
+        self.device, self.tta, self.threshold = torch.device(device), tta or trained.tta, trained.threshold
+        self.model = with_tta(trained.model.to(self.device), self.tta)
         self.transform = eval_transforms(self.mean, self.std)
 
     @torch.no_grad()
@@ -100,20 +100,18 @@ def overlay(image: np.ndarray, where: np.ndarray, color: tuple[int, int, int], a
 TRUTH_COLOR, PRED_COLOR = (40, 220, 70), (40, 140, 255)
 
 
-def write_split_masks(
-    predictor: Predictor, dataset, count: int, batch_size: int, threshold: float, out_dir: Path
-) -> None:
+def write_split_masks(predictor: Predictor, dataset, count: int, batch_size: int, out_dir: Path) -> None:
     """Masks of the first ``count`` samples of a prepared split as PNG at original size."""
     for start in progress(range(0, count, batch_size), desc=f"infer {predictor.name}", unit=" batch"):
         stop = min(start + batch_size, count)
         probs = predictor.probabilities(dataset.images[start:stop])
         for i, prob in zip(range(start, stop), probs, strict=True):
             row = dataset.rows[i]
-            mask = mask_at_size(prob, int(row["width"]), int(row["height"]), threshold)
+            mask = mask_at_size(prob, int(row["width"]), int(row["height"]), predictor.threshold)
             Image.fromarray(mask).save(sample_file(out_dir, row["name"], ".png"))
 
 
-def best_and_worst(predictor: Predictor, dataset, dice: np.ndarray, per_side: int, threshold: float) -> list[dict]:
+def best_and_worst(predictor: Predictor, dataset, dice: np.ndarray, per_side: int) -> list[dict]:
     """Grid rows for the ``per_side`` best then worst cases by ``dice`` (one per sample; no case shown twice)."""
     order = np.argsort(-dice, kind="stable")
     best = order[:per_side].tolist()
@@ -121,7 +119,7 @@ def best_and_worst(predictor: Predictor, dataset, dice: np.ndarray, per_side: in
     rows = []
     for i in best + worst[::-1]:
         image = np.asarray(dataset.images[i])
-        predicted = predictor.probabilities(image[None])[0].numpy() > threshold
+        predicted = predictor.probabilities(image[None])[0].numpy() > predictor.threshold
         rows.append(
             {
                 "name": dataset.rows[i]["name"],

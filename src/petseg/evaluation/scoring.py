@@ -38,7 +38,7 @@ def score_split(predictor: Predictor, prepared_dir: Path, split: str, cfg: Evalu
     loader = DataLoader(dataset, batch_size=cfg.batch_size)
     desc = f"evaluate {predictor.name}"
     result = evaluate_loader(
-        predictor.model, loader, predictor.device, cfg.threshold, desc=desc, boundary_px=cfg.boundary_px
+        predictor.model, loader, predictor.device, predictor.threshold, desc=desc, boundary_px=cfg.boundary_px
     )
     return result, dataset.rows
 

@@ -6,6 +6,7 @@ A resume point (``models/<model>.last.pt``) holds the training state as well.
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from petseg.fileio import atomic_file
 from petseg.models import build_model, model_from_weights, normalization
 
 FORMAT = "petseg-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the checkpoint carries how it is served (tta, threshold)
 
 
 MAX_IMAGE_SIZE = 4096  # a model's input side; a larger one in a checkpoint is corrupt or hostile (memory)
@@ -91,13 +92,16 @@ def _is_torch_file(path: Path) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def model_payload(name: str, model_params: dict, image_size: int, state_dict: dict) -> dict[str, Any]:
-    """What a trained model needs to be rebuilt and fed like in training."""
+def model_payload(
+    name: str, model_params: dict, image_size: int, state_dict: dict, tta: str, threshold: float
+) -> dict[str, Any]:
+    """What a trained model needs to be rebuilt, fed like in training and served as it was scored."""
     mean, std = normalization(model_params)
     return {
         "model": {"name": name, "params": model_params},
         "image_size": image_size,
         "normalization": {"mean": list(mean), "std": list(std)},
+        "serving": {"tta": tta, "threshold": threshold},
         "state_dict": state_dict,
     }
 
@@ -108,6 +112,8 @@ class TrainedModel:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    tta: str  # what the checkpoint is scored and served with
+    threshold: float
     model: torch.nn.Module
 
 
@@ -118,19 +124,40 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     try:
         name, params = str(ckpt["model"]["name"]), dict(ckpt["model"]["params"])
         norm = ckpt["normalization"]
-        image_size, mean, std = int(ckpt["image_size"]), tuple(norm["mean"]), tuple(norm["std"])
+        image_size, mean, std = ckpt["image_size"], tuple(norm["mean"]), tuple(norm["std"])
+        tta, threshold = ckpt["serving"]["tta"], ckpt["serving"]["threshold"]
         state_dict = dict(ckpt["state_dict"])
     except (KeyError, TypeError, ValueError):
         raise PetsegError(f"{path}: not a model checkpoint (a resume point? use models/<model>.pt)") from None
-    if not 32 <= image_size <= MAX_IMAGE_SIZE or image_size % 32:
-        raise PetsegError(f"{path}: image_size {image_size} is not a model input size (32..{MAX_IMAGE_SIZE}, /32)")
-    if len(mean) != 3 or len(std) != 3 or not all(0 < value < 10 for value in std):
-        raise PetsegError(f"{path}: normalization {norm} is not three means and three positive stds")
+    check_serving(path, image_size, mean, std, tta, threshold)
     bad, total = non_finite_count(state_dict)
     if bad:
         raise PetsegError(f"{path}: refused: {bad} of {total} weights are NaN or infinite (training diverged)")
     _check_shapes(path, name, params, state_dict)
-    return TrainedModel(name, image_size, mean, std, model_from_weights(name, params, state_dict))
+    model = model_from_weights(name, params, state_dict)
+    return TrainedModel(name, image_size, tuple(map(float, mean)), tuple(map(float, std)), tta, threshold, model)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_serving(path, image_size: Any, mean: tuple, std: tuple, tta: Any, threshold: Any) -> None:
+    """Every number a checkpoint (or an export's metadata) feeds the model with, in a range that gives real masks:
+    a NaN, a huge or a denormal mean or std would silently predict empty masks."""
+    if not (isinstance(image_size, int) and 32 <= image_size <= MAX_IMAGE_SIZE and image_size % 32 == 0):
+        raise PetsegError(f"{path}: image_size {image_size!r} is not a model input size (32..{MAX_IMAGE_SIZE}, /32)")
+    sane_mean = len(mean) == 3 and all(_number(v) and -10 < v < 10 for v in mean)
+    sane_std = len(std) == 3 and all(_number(v) and 1e-3 <= v <= 10 for v in std)
+    if not (sane_mean and sane_std):
+        raise PetsegError(
+            f"{path}: normalization mean {list(mean)} std {list(std)} is not three finite means in (-10, 10) and "
+            "three stds in [0.001, 10]"
+        )
+    if tta not in ("none", "hflip"):
+        raise PetsegError(f"{path}: serving tta {tta!r} is not none or hflip")
+    if not (_number(threshold) and 0 < threshold < 1):
+        raise PetsegError(f"{path}: serving threshold {threshold!r} is not a number in (0, 1)")
 
 
 def _check_shapes(path: str | Path, name: str, params: dict, state_dict: dict) -> None:

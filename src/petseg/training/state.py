@@ -12,6 +12,9 @@ import torch
 from torch import nn
 
 from petseg.config import Params, result_neutral
+from petseg.models.checkpoint import model_payload
+from petseg.schema import to_flat_dict
+from petseg.tracking import library_versions
 
 # history.csv: every epoch; validation.csv: the validated ones (no empty cells, which DVC's charts would draw as 0).
 HISTORY_FIELDS = ("epoch", "train_loss", "lr", "epoch_seconds", "images_per_second")
@@ -64,3 +67,12 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True) for k, v in model.state_dict().items()
     }
+
+
+def trained_model(name: str, params: Params, image_size: int, weights: dict, epoch: int) -> dict:
+    """models/<model>.pt: the weights, how to feed and serve them (the checkpoint is the one source of truth for
+    its TTA and threshold), the recipe that trained them and the libraries it ran with."""
+    common, cfg = params.train.common, params.train.model(name)
+    payload = model_payload(name, cfg.model_params(), image_size, weights, common.tta, common.threshold)
+    recipe = to_flat_dict(common, "train.common.") | to_flat_dict(cfg, f"train.{name}.")
+    return payload | {"epoch": epoch, "recipe": recipe, "environment": library_versions()}

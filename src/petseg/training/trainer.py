@@ -26,15 +26,14 @@ from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import degenerate_counts, summarize
 from petseg.models import build_model, model_from_weights
-from petseg.models.checkpoint import load_checkpoint, model_payload, non_finite_count, save_checkpoint
+from petseg.models.checkpoint import load_checkpoint, non_finite_count, save_checkpoint
 from petseg.progress import progress
-from petseg.schema import to_flat_dict
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
 from petseg.training.loaders import downsized, progressive_size, sharded_loader, training_datasets
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
-from petseg.training.state import TrainPaths, TrainState, cpu_state_dict, run_fingerprint
+from petseg.training.state import TrainPaths, TrainState, cpu_state_dict, run_fingerprint, trained_model
 
 
 class Trainer:
@@ -129,7 +128,8 @@ class Trainer:
 
     def validate(self, loader: DataLoader, epoch: int = 0) -> dict[str, float]:
         """Validation loss and scores, reduced over every process; warns when the model predicts no pet at all."""
-        result = evaluate_loader(self.model, loader, self.device, 0.5, self.loss_fn, self.amp, desc="validate")
+        cut = self.common.threshold
+        result = evaluate_loader(self.model, loader, self.device, cut, self.loss_fn, self.amp, desc="validate")
         (val_loss_sum,) = self.context.sum(result.mean_loss * len(result.counts) if len(result.counts) else 0.0)
         counts = self.context.gather(result.counts)
         empty = degenerate_counts(counts)["empty_predictions"]
@@ -287,11 +287,9 @@ class Trainer:
             self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
         if self.context.is_main and self.saved_epoch != self.state.epoch:
             self.save_resume_point(paths.last, fingerprint)
-        # Written once at the end (a resumed or already finished run too): its presence means a finished run.
-        if self.context.is_main:
-            payload = model_payload(self.name, self.model_params, meta["image_size"], self.best_weights)
-            recipe = to_flat_dict(self.common, "train.common.") | to_flat_dict(self.cfg, f"train.{self.name}.")
-            save_checkpoint(paths.best, payload | {"epoch": self.state.best_epoch, "recipe": recipe})
+        if self.context.is_main:  # written once at the end (a resumed run too): its presence means a finished run
+            model = trained_model(self.name, self.params, meta["image_size"], self.best_weights, self.state.best_epoch)
+            save_checkpoint(paths.best, model)
         self.context.barrier()
         return self.state
 
