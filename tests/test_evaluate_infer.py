@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import yaml
 from helpers import copy_trained, run_stage
 from PIL import Image
 
