@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import MINI_DATA, make_tree, pack, run_stage, write_params
+from helpers import SAMPLE, make_tree, pack, run_stage, write_params
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +39,9 @@ def project(tmp_path, prepared_project) -> Path:
 
 
 @pytest.fixture
-def mini_data() -> Path:
-    if not (MINI_DATA / "images.tar.gz").exists():
-        pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
-    return MINI_DATA
+def real_data() -> Path:
+    """The bundled sample of real Oxford-IIIT Pet photos, packed like the official archives."""
+    return SAMPLE
 
 
 @pytest.fixture(scope="session")

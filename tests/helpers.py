@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from petseg.config import AugmentConfig, Params, PrepareConfig, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
-MINI_DATA = REPO.parent / "shared" / "data" / "oxford-pets-mini"
+SAMPLE = REPO / "sample"  # real photos bundled with the repository: every test that needs real data reads these
 BREEDS = (("Persian", 1, 1), ("beagle", 2, 2))  # (breed, class id, species id: 1 cat, 2 dog)
 
 

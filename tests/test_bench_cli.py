@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers import make_params, shipped_params_file
 
 from petseg.bench import accuracy
+from petseg.bench.folds import fold_names, write_fold
 from petseg.cli import main as petseg_main
+from petseg.data.layout import SPLITS, images_path, list_path, read_split_csv
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
 from petseg.training.reports import EPOCHS_UNTIL_BUDGET
@@ -158,21 +161,57 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
         "--set",
         "train.common.tta=hflip",
     ]
-    assert petseg_main([*args, "--budget", "2", *PARAMS, *recipe]) == 0
-    assert served == ["none", "hflip"]  # the reference as the report scored it, petseg per train.common.tta
+    assert petseg_main([*args, "--budget", "2", "--runs", "2", *PARAMS, *recipe]) == 0
+    assert served == ["none", "hflip"] * 2  # the reference as the report scored it, petseg per train.common.tta
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
     # Both sides train until the budget ends them: petseg's epochs (1 in its params) do not stop it first.
-    assert [cap.epochs for cap in caps] == [EPOCHS_UNTIL_BUDGET] and caps[0].warmup_epochs == 0
-    assert result["reference"]["epochs"] >= 1 and result["petseg"]["epochs"] >= 1
-    for side in ("reference", "petseg"):
-        low, high = result[side]["ci95"]
-        assert low <= result[side]["dice_per_image"] <= high
-    assert result["dice_gain"] == pytest.approx(
-        result["petseg"]["dice_per_image"] - result["reference"]["dice_per_image"]
-    )
-    assert 0 <= result["petseg"]["dice_per_image_no_tta"] <= 1
+    assert [cap.epochs for cap in caps] == [EPOCHS_UNTIL_BUDGET] * 2 and caps[0].warmup_epochs == 0
+    assert [run["seed"] for run in result["runs"]] == [42, 43] and {run["on"] for run in result["runs"]} == {
+        "test split"
+    }
+    for run in result["runs"]:
+        for side in ("reference", "petseg"):
+            figures = run[side]
+            assert figures["ci95"][0] <= figures["dice_per_image"] <= figures["ci95"][1]
+            assert figures["epochs"] >= 1 and figures["images_seen"] == figures["epochs"] * 16  # 22 photos, batch 8/16
+            assert figures["images_per_second"] > 0
+        assert run["dice_gain"] == pytest.approx(run["petseg"]["dice_per_image"] - run["reference"]["dice_per_image"])
+        assert 0 <= run["petseg"]["dice_per_image_no_tta"] <= 1
+    gains = [run["dice_gain"] for run in result["runs"]]
+    assert result["dice_gain"] == pytest.approx(sum(gains) / 2) and result["dice_gain_min"] == min(gains)
     out = capsys.readouterr().out
-    assert "petseg - reference, test Dice per image" in out and "petseg: test Dice per image without TTA" in out
+    assert "seed 43, test split: petseg - reference, test Dice per image" in out
+    assert (
+        "seed 42, test split: reference epochs / images seen" in out and "petseg - reference over 2 comparisons" in out
+    )
+
+
+def test_folds_never_mix_photos_and_leave_the_test_split_out(tmp_path, prepared_project):
+    prepared = prepared_project / "data" / "prepared"
+    trainval = {row["name"] for split in ("train", "valid") for row in read_split_csv(list_path(prepared, split))}
+    official_test = {row["name"] for row in read_split_csv(list_path(prepared, "test"))}
+    held_out = []
+    for k in range(3):
+        fold = write_fold(prepared, tmp_path / f"f{k}", 3, k, seed=42, valid_fraction=0.1)
+        names = {split: [row["name"] for row in read_split_csv(list_path(fold, split))] for split in SPLITS}
+        assert not set(names["test"]) & (set(names["train"]) | set(names["valid"]))
+        assert set(names["train"]) | set(names["valid"]) | set(names["test"]) == trainval  # the test split is not in it
+        assert not official_test & set(names["test"])
+        images = np.load(images_path(fold, "test"))
+        source = {row["name"]: i for i, row in enumerate(read_split_csv(list_path(prepared, "train")))}
+        for i, name in enumerate(names["test"]):  # each row is its own photo
+            if name in source:
+                assert np.array_equal(images[i], np.load(images_path(prepared, "train"), mmap_mode="r")[source[name]])
+        held_out += names["test"]
+    assert sorted(held_out) == sorted(trainval)  # every trainval photo is held out exactly once
+    assert fold_names(sorted(trainval), 3, 42) == fold_names(sorted(trainval), 3, 42)
+
+
+def test_folds_must_be_zero_or_at_least_two(capsys):
+    with pytest.raises(SystemExit) as exited:
+        petseg_main(["bench", "accuracy", "--source", "x", "--folds", "1"])
+    assert exited.value.code == 2
+    assert "argument --folds: must be 0 (the test split) or >= 2, got 1" in capsys.readouterr().err
 
 
 def test_bench_set_needs_key_and_value(tmp_path, synthetic_archives, capsys):

@@ -4,6 +4,7 @@ registry versions and the promotion gate."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import subprocess
@@ -18,19 +19,24 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import MINI_DATA, copy_trained, free_port, run_stage, shipped_params_file
+from helpers import SAMPLE, copy_trained, free_port, run_stage, shipped_params_file
 from PIL import Image
 
 from petseg.cli import main as petseg_main
 from petseg.data.dataset import PreparedSplit
+from petseg.deploy import pyfunc
 from petseg.deploy.gate import promote
 from petseg.deploy.onnx_export import OnnxPredictor, export_onnx, parity
-from petseg.deploy.pyfunc import PetsegSegmenter, decode_png, segment_encoded
+from petseg.deploy.pyfunc import PetsegSegmenter, segment_encoded, segment_request
 from petseg.errors import PetsegError
 from petseg.evaluation.predictor import Predictor
 from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
+
+
+def decode_png(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +151,24 @@ def test_the_pyfunc_answers_each_row_and_a_bad_row_is_an_error_not_a_crash(expor
     for bad in (base64.b64encode(b"not an image").decode(), "%%% not base64 %%%", 42):
         row = segment_encoded(predictor, bad, 0.5)
         assert row["mask_png"] == "" and row["error"].startswith(("not a readable image", "not a readable"))
+
+
+def test_what_one_request_may_cost_is_bounded(exported, monkeypatch):
+    predictor = Predictor(exported / "models" / "unet.pt")
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 5000)).save(buffer, format="PNG")  # a few KB that would decode to 90 MB of RGB
+    bomb = base64.b64encode(buffer.getvalue()).decode()
+    row = segment_encoded(predictor, bomb, 0.5)
+    assert row["mask_png"] == "" and row["error"] == "not a readable image (6000x5000 is over the 25 Mpx limit)"
+    small = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 120, 60)).save(small, format="PNG")
+    photo = base64.b64encode(small.getvalue()).decode()
+    monkeypatch.setattr(pyfunc, "MAX_ROWS", 2)
+    rows = segment_request(predictor, [photo] * 3, 0.5)
+    assert len(rows) == 3 and all(
+        r["error"].startswith("request too large (3 rows, 0 MiB; at most 2 rows") for r in rows
+    )
+    assert [r["error"] for r in segment_request(predictor, [photo] * 2, 0.5)] == ["", ""]
 
 
 def _version(client, model: str, tags: dict) -> str:
@@ -262,8 +286,6 @@ def test_promote_with_mlflow_down_is_one_warning(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.slow
 def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tmp_path, capsys):
-    if not (MINI_DATA / "images.tar.gz").exists():
-        pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
     project = tmp_path / "p"
     copy_trained(exported, project)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
@@ -286,7 +308,7 @@ def test_a_served_champion_answers_a_real_photo_like_petseg_predict(exported, tm
     photo = tmp_path / "photo.jpg"
     import tarfile
 
-    with tarfile.open(MINI_DATA / "images.tar.gz") as tar:
+    with tarfile.open(SAMPLE / "images.tar.gz") as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
         photo.write_bytes(tar.extractfile(member).read())
     # Every way out serves what evaluate scored, with no flag: predict on the checkpoint and on its ONNX export, infer

@@ -330,7 +330,7 @@ def test_photos_over_the_pixel_limit_are_refused_and_overlays_stay_bounded(
     out = tmp_path / "out"
     assert predict(trained / "models" / "unet.pt", out, folder, "--overlays") == 1
     assert capsys.readouterr().err == (
-        f"petseg: error: {folder / 'big.jpg'}: not a readable image (300x200 is over the 0 Mpx limit)\n"
+        f"petseg: error: {folder / 'big.jpg'}: not a readable image (300x200 is over the 0.02 Mpx limit)\n"
     )
     assert Image.open(out / "small.png").size == (90, 60)  # the mask: always at the photo's own size
     assert Image.open(out / "small_overlay.png").size == (64, 43)  # the overlay: at most PREVIEW_SIDE long

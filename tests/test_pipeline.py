@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import MINI_DATA, REPO, TINY_PARAMS, deep_merge
+from helpers import REPO, SAMPLE, TINY_PARAMS, deep_merge
 
 pytestmark = pytest.mark.slow
 
@@ -97,13 +97,9 @@ def assert_status_follows_code_and_params(project: Path) -> None:
     assert changed_stages(project) == set()
 
 
-@pytest.fixture(params=["synthetic", "mini"])
+@pytest.fixture(params=["synthetic", "sample"])
 def source(request, synthetic_archives) -> Path:
-    if request.param == "synthetic":
-        return synthetic_archives[0]
-    if not (MINI_DATA / "images.tar.gz").exists():
-        pytest.skip("../shared/data/oxford-pets-mini not present (CI has it)")
-    return MINI_DATA
+    return synthetic_archives[0] if request.param == "synthetic" else SAMPLE
 
 
 def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):

@@ -243,11 +243,11 @@ def test_boundary_as_pet_has_more_foreground_than_as_background(tmp_path, synthe
     assert fractions["pet"] > fractions["background"]
 
 
-def test_real_mini_slice(tmp_path, mini_data):
-    sums = dict(line.split()[::-1] for line in (mini_data / "SHA256SUMS").read_text().splitlines())
+def test_real_photos_through_the_whole_stage(tmp_path, real_data):
+    sums = dict(line.split()[::-1] for line in (real_data / "SHA256SUMS").read_text().splitlines())
     params = {
         "prepare": {
-            "source": mini_data.as_uri(),
+            "source": real_data.as_uri(),
             "image_size": 64,
             "checksums": {name: f"sha256:{digest}" for name, digest in sums.items()},
         }
@@ -261,7 +261,7 @@ def test_real_mini_slice(tmp_path, mini_data):
     assert report["species"]["test"] == {"cat": 98, "dog": 100}
     prepared = tmp_path / "data" / "prepared"
     test_names = [row["name"] for row in read_csv(prepared / "test.csv")]
-    assert "Abyssinian_5" in test_names  # the RGBA PNG named .jpg is decoded, not skipped
+    assert "Abyssinian_5" in test_names  # an RGBA PNG named .jpg in the official archive, kept by the sample
     masks = np.load(prepared / "test_masks.npy")
     assert set(np.unique(masks)) == {0, 1}
     index = test_names.index("Abyssinian_5")

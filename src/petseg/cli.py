@@ -32,6 +32,13 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 _positive, _non_negative = _int_at_least(1), _int_at_least(0)
 
 
+def _folds(text: str) -> int:
+    value = int(text)
+    if value == 1 or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (the test split) or >= 2, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petseg", description=__doc__)
     parser.add_argument("--version", action="version", version=f"petseg {__version__}")
@@ -60,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("--model", required=True, choices=MODEL_NAMES)
     promote.add_argument("--params", type=Path, default=Path("params.yaml"), help="reads promote.max_species_drop")
+
+    sample = commands.add_parser("sample", help="build a small sample like sample/ from the official archives")
+    sample.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
+    sample.add_argument("--out", type=Path, required=True, help="directory to write the sample's archives to")
+    sample.add_argument("--side", type=_positive, default=256, help="longest side of each photo, px")
+    sample.add_argument("--per-breed", type=_non_negative, default=0, help="photos per breed and list; 0 = all")
 
     bench = commands.add_parser("bench", help="benchmarks: ratios measured side by side in one run")
     which = bench.add_subparsers(dest="bench", required=True)
@@ -109,6 +122,13 @@ def _add_model_benches(which) -> None:
     accuracy.add_argument("--size", type=_positive, default=128)
     accuracy.add_argument("--budget", type=float, default=600.0, help="seconds of training per side")
     accuracy.add_argument("--params", type=Path, default=Path("params.yaml"), help="petseg's recipe (and the split)")
+    accuracy.add_argument("--runs", type=_positive, default=1, help="repeat with seeds seed, seed+1, ...: the spread")
+    accuracy.add_argument(
+        "--folds",
+        type=_folds,
+        default=0,
+        help="K > 1: score on K folds of the trainval photos, not the test split",
+    )
     accuracy.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param of petseg's side (YAML value)"
     )
@@ -165,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         summary = predict_paths(predictor, args.paths, args.out, threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
+    if args.command == "sample":
+        from petseg.data.sample import build_sample
+
+        made = build_sample(args.source, args.out, side=args.side, per_breed=args.per_breed)
+        print(f"sample: {made['photos']} photos, {made['bytes'] / 2**20:.1f} MiB in {args.out}")
+        return 0
     if args.command == "promote":
         from petseg.deploy.promote import promote_command
 
@@ -186,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.bench.accuracy import bench_accuracy
 
         overrides = {"prepare.image_size": args.size} | _overrides(args.set)
-        bench_accuracy(args.source, args.model, args.budget, load_params(args.params, overrides))
+        params = load_params(args.params, overrides)
+        bench_accuracy(args.source, args.model, args.budget, params, args.runs, args.folds)
     elif args.bench == "infer":
         from petseg.bench.infer import bench_infer
 

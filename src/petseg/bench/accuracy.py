@@ -8,12 +8,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from petseg.bench import extracted_archives, report
+from petseg.bench.folds import write_fold
 from petseg.config import Params
 from petseg.data.cache import prepare_dataset
 from petseg.data.dataset import PreparedSplit
@@ -40,8 +42,8 @@ def _bce_soft_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, truth) + dice.mean()
 
 
-def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int) -> tuple[torch.nn.Module, int]:
-    """The plain loop, epoch after epoch until the epoch that crosses ``budget_s``; (model, epochs run)."""
+def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int) -> tuple[torch.nn.Module, dict]:
+    """The plain loop, epoch after epoch until the epoch that crosses ``budget_s``; (model, what it trained)."""
     torch.manual_seed(seed)
     model = build_model(model_name, **REFERENCE_MODEL_PARAMS[model_name])
     optimizer = torch.optim.Adam(model.parameters(), lr=REFERENCE_LR)
@@ -61,7 +63,12 @@ def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int)
             loss.backward()
             optimizer.step()
         epochs += 1
-    return model.eval(), epochs
+    seconds = time.perf_counter() - started
+    return model.eval(), _trained(epochs, len(loader) * REFERENCE_BATCH, seconds)
+
+
+def _trained(epochs: int, per_epoch: int, seconds: float) -> dict:
+    return {"epochs": epochs, "images_seen": epochs * per_epoch, "images_per_second": epochs * per_epoch / seconds}
 
 
 def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: str, threshold: float) -> dict:
@@ -77,36 +84,84 @@ def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: s
     return out
 
 
-def bench_accuracy(source: Path, model_name: str, budget_s: float, params: Params) -> dict:
-    """Both recipes for ``budget_s`` of training each on ``params.prepare``'s split of ``source``; JSON and a table."""
+def compare_once(model_name: str, data: Path, budget_s: float, params: Params, seed: int) -> dict:
+    """Both recipes trained for ``budget_s`` each on ``data``'s train split with ``seed``, scored on its test split."""
+    common = dataclasses.replace(params.train.common, seed=seed)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common))
+    reference, reference_run = train_reference(model_name, data, budget_s, seed)
+    ours = Trainer(model_name, params)
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-run-") as tmp:
+        state = ours.fit(data, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
+    per_epoch = len(PreparedSplit(data, "train")) // ours.batch_size * ours.batch_size
+    boundary_px = params.evaluate.boundary_px
+    # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
+    # checkpoint would be (train.common.tta and threshold).
+    sides = {"reference": test_scores(reference, data, boundary_px, "none", 0.5) | reference_run}
+    sides["petseg"] = test_scores(ours.best_model(), data, boundary_px, common.tta, common.threshold)
+    sides["petseg"] |= _trained(state.epoch, per_epoch, state.elapsed_seconds)
+    return sides | {"seed": seed, "dice_gain": sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]}
+
+
+SIDE_FIGURES = ("dice_per_image", "dice_dataset", "epochs", "images_seen", "images_per_second")
+
+
+def _summary(runs: list[dict], side: str) -> dict:
+    out = {}
+    for key in SIDE_FIGURES:
+        values = [run[side][key] for run in runs]
+        out |= {key: float(np.mean(values)), f"{key}_min": min(values), f"{key}_max": max(values)}
+    return out
+
+
+def bench_accuracy(
+    source: Path, model_name: str, budget_s: float, params: Params, runs: int = 1, folds: int = 0
+) -> dict:
+    """Both recipes for ``budget_s`` of training each on ``params.prepare``'s split of ``source``, ``runs`` times
+    with seeds seed, seed + 1, ...; scored on the test split, or with ``folds`` on each of that many disjoint parts
+    of the trainval photos (the test split untouched, for tuning). JSON and a table."""
     common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
     until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=EPOCHS_UNTIL_BUDGET)}
-    train = dataclasses.replace(params.train, common=common, **until_budget)
-    params = dataclasses.replace(params, train=train)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common, **until_budget))
     configure_threads(common.threads)
+    results = []
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))
         prepared = Path(tmp) / "prepared"
         prepare_dataset(images_dir, annotations_dir, prepared, params.prepare)
-        reference, reference_epochs = train_reference(model_name, prepared, budget_s, common.seed)
-        ours = Trainer(model_name, params)
-        state = ours.fit(prepared, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
-        boundary_px = params.evaluate.boundary_px
-        # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
-        # checkpoint would be (train.common.tta and threshold).
-        sides = {"reference": test_scores(reference, prepared, boundary_px, "none", 0.5)}
-        sides["petseg"] = test_scores(ours.best_model(), prepared, boundary_px, common.tta, common.threshold)
-    sides["reference"]["epochs"], sides["petseg"]["epochs"] = reference_epochs, state.epoch
-    gain = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
-    rows = [
-        (f"{side}: {what}", sides[side][key], "")
-        for side in ("reference", "petseg")
-        for what, key in (("test Dice per image", "dice_per_image"), ("test Dice pooled", "dice_dataset"))
+        targets = [("test split", prepared)]
+        if folds:
+            seed, fraction = params.prepare.seed, params.prepare.valid_fraction
+            made = (write_fold(prepared, Path(tmp) / f"fold{k}", folds, k, seed, fraction) for k in range(folds))
+            targets = [(f"fold {k + 1}/{folds}", path) for k, path in enumerate(made)]
+        for run in range(runs):
+            for label, data in targets:
+                results.append(compare_once(model_name, data, budget_s, params, common.seed + run) | {"on": label})
+    return _report(model_name, params.prepare.image_size, budget_s, results, folds)
+
+
+def _report(model_name: str, size: int, budget_s: float, results: list[dict], folds: int) -> dict:
+    rows = []
+    for result in results:
+        where = f"seed {result['seed']}, {result['on']}"
+        for side in ("reference", "petseg"):
+            figures = result[side]
+            rows.append((f"{where}: {side} test Dice per image", figures["dice_per_image"], ""))
+            rows.append((f"{where}: {side} epochs / images seen", figures["epochs"], f"/ {figures['images_seen']}"))
+            rows.append((f"{where}: {side} images per second", figures["images_per_second"], "img/s"))
+        if "dice_per_image_no_tta" in result["petseg"]:
+            rows.append(
+                (f"{where}: petseg test Dice per image without TTA", result["petseg"]["dice_per_image_no_tta"], "")
+            )
+        rows.append((f"{where}: petseg - reference, test Dice per image", result["dice_gain"], ""))
+    gains = [result["dice_gain"] for result in results]
+    rows += [
+        (f"petseg - reference over {len(results)} comparisons: mean", float(np.mean(gains)), ""),
+        ("  lowest", min(gains), ""),
+        ("  highest", max(gains), ""),
     ]
-    if "dice_per_image_no_tta" in sides["petseg"]:
-        rows.insert(3, ("petseg: test Dice per image without TTA", sides["petseg"]["dice_per_image_no_tta"], ""))
-    rows += [(f"{side}: epochs in the budget", sides[side]["epochs"], "") for side in sides]
-    rows.append(("petseg - reference, test Dice per image", gain, ""))
-    details = {"model": model_name, "size": params.prepare.image_size, "budget_s": budget_s, "dice_gain": gain}
-    return report(f"accuracy-{model_name}-{params.prepare.image_size}", rows, details | sides)
+    summary = {"reference": _summary(results, "reference"), "petseg": _summary(results, "petseg")}
+    details = {"model": model_name, "size": size, "budget_s": budget_s, "folds": folds, "runs": results}
+    details |= {"dice_gain": float(np.mean(gains)), "dice_gain_min": min(gains), "dice_gain_max": max(gains)}
+    name = f"accuracy-{model_name}-{size}" + (f"-{folds}fold" if folds else "")
+    return report(name, rows, details | summary)

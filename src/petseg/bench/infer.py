@@ -38,10 +38,10 @@ def bench_infer(checkpoint: Path, images: Path, batch_size: int, sizes: list[int
     rows = []
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         photos = rng.integers(0, 256, (2, eager.image_size, eager.image_size, 3), dtype=np.uint8)
-        export_onnx(checkpoint, Path(tmp) / "model.onnx", photos)
-        runtime = OnnxPredictor(Path(tmp) / "model.onnx")
         for size in sizes:
-            eager.image_size = runtime.image_size = size  # both resize the photos to this size
+            export_onnx(checkpoint, Path(tmp) / f"model-{size}.onnx", photos, size)  # a graph per input size
+            runtime = OnnxPredictor(Path(tmp) / f"model-{size}.onnx")
+            eager.image_size = size  # both resize the photos to this size
             batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
             batches = max(1, len(files) // batch_size)
             eager.probabilities(batch), runtime.probabilities(batch)  # warm-up

@@ -37,14 +37,15 @@ MAX_PIXELS = 150_000_000  # ~12000 x 12000: a larger photo is refused (decoding 
 PREVIEW_SIDE = 2048  # overlays are drawn at most this long on the long side
 
 
-def open_photo(path: Path) -> Image.Image:
-    """Open any image by content; refuse one over :data:`MAX_PIXELS` before decoding a single pixel."""
+def open_photo(path: Path, max_pixels: int = 0) -> Image.Image:
+    """Open any image by content; refuse one over ``max_pixels`` (0: :data:`MAX_PIXELS`) before decoding a pixel."""
+    limit = max_pixels or MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says it in one line
         img = Image.open(path)
-    if img.width * img.height > MAX_PIXELS:
+    if img.width * img.height > limit:
         img.close()
-        raise ValueError(f"{img.width}x{img.height} is over the {MAX_PIXELS // 1_000_000} Mpx limit")
+        raise ValueError(f"{img.width}x{img.height} is over the {limit / 1_000_000:g} Mpx limit")
     return img
 
 
@@ -124,10 +125,10 @@ class Photo:
     height: int
 
 
-def load_rgb(path: Path, size: int) -> Photo:
+def load_rgb(path: Path, size: int, max_pixels: int = 0) -> Photo:
     """Decode any image by content with EXIF orientation applied, never holding more than a reduced copy of a large
-    JPEG in memory (``petseg predict``)."""
-    with open_photo(path) as img:
+    JPEG in memory (``petseg predict``); ``max_pixels`` as :func:`open_photo`."""
+    with open_photo(path, max_pixels) as img:
         width, height = img.size
         if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90 degrees: sides swap
             width, height = height, width

@@ -1,9 +1,11 @@
-"""ONNX export of a trained model (dynamic batch and image size), checked against PyTorch on real test photos, and
-an ONNX Runtime predictor with the Predictor's interface."""
+"""ONNX export of a trained model (any batch, the model's own image size), checked against PyTorch on real test
+photos, and an ONNX Runtime predictor with the Predictor's interface."""
 
 from __future__ import annotations
 
+import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,38 +22,43 @@ MAX_LOGIT_DIFF = 1e-4
 MIN_MASK_AGREEMENT = 0.9999
 
 
-def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray) -> dict:
+def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, size: int = 0) -> dict:
     """Write ``out`` with the checkpoint's test-time augmentation in its graph and its threshold in its metadata, and
     return the parity report. The file is checked before it replaces ``out``: parity below the bar is one error with
-    the numbers, and whatever fails, an earlier ``out`` stays as it was."""
-    import onnxruntime as ort  # imported here: the rest of petseg runs without it
+    the numbers, and whatever fails, an earlier ``out`` stays as it was.
+
+    The graph takes any batch of ``size`` x ``size`` photos (0: the checkpoint's image size, which every way out
+    resizes photos to): a fixed height and width let ONNX Runtime plan every convolution once. Exported with the
+    TorchScript-based exporter, much faster than the dynamo one for these plain convolutional models (see
+    docs/performance.md); the parity check holds either to PyTorch's outputs."""
+    import onnx
+    import onnxruntime as ort  # imported here: the rest of petseg runs without them
 
     trained = load_trained_model(checkpoint)
-    model, tta = with_tta(trained.model, trained.tta), trained.tta
+    model, tta, side = with_tta(trained.model, trained.tta), trained.tta, size or trained.image_size
     batch = normalized(photos, trained.mean, trained.std)
-    batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    # The UNets halve the size five times: any multiple of 32 works, which is what the dims below say.
-    height, width = torch.export.Dim("height", min=1, max=512), torch.export.Dim("width", min=1, max=512)
-    # Traced at >= 64 px and a batch of 2: a 1-pixel bottleneck or a batch of 1 would be specialised away.
-    side = max(64, trained.image_size)
-    example = torch.zeros(2, 3, side, side)
+    if batch.shape[-1] != side:
+        batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="bilinear")
+    buffer = io.BytesIO()
     try:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes={"x": {0: batch_dim, 2: 32 * height, 3: 32 * width}},
-            opset_version=OPSET,
-            verbose=False,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its deprecation notice: dynamo=True is the new default, not a problem
+            torch.onnx.export(
+                model,
+                (torch.zeros(2, 3, side, side),),
+                buffer,
+                dynamo=False,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=OPSET,
+            )
     except Exception as err:  # the exporter raises its own error types, with pages of advice
         raise PetsegError(f"{checkpoint}: ONNX export failed ({first_line(err)})") from None
-    meta = {"petseg.model": trained.name, "petseg.image_size": str(trained.image_size), "petseg.tta": tta}
+    meta = {"petseg.model": trained.name, "petseg.image_size": str(side), "petseg.tta": tta}
     meta["petseg.threshold"] = repr(trained.threshold)
     meta |= {"petseg.mean": json.dumps(trained.mean), "petseg.std": json.dumps(trained.std)}
-    proto = program.model_proto  # a fresh proto on every access: take it once
+    proto = onnx.load_from_string(buffer.getvalue())
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
