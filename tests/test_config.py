@@ -21,7 +21,7 @@ def flatten(raw: dict, prefix: str = "") -> dict:
 def test_repo_params_are_valid_and_complete():
     """params.yaml spells out every key, so no pipeline result hinges on a default hidden in code."""
     params = load_params(shipped_params_file())
-    assert params.prepare.image_size == 256 and params.train.unet.base_channels == 64
+    assert params.prepare.image_size == 64 and params.prepare.source == "sample"  # the bundled sample
     raw = yaml.safe_load(shipped_params_file().read_text())
     assert set(flatten(raw)) == set(to_flat_dict(params))
 
@@ -29,7 +29,7 @@ def test_repo_params_are_valid_and_complete():
 def test_model_params_are_the_architecture_keys():
     params = parse_params(shipped_params())
     assert params.train.res34.pretrained is False
-    assert params.train.model("unet").model_params() == {"base_channels": 64, "batch_norm": True}
+    assert params.train.model("unet").model_params() == {"base_channels": 16, "batch_norm": True}
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_an_archive_refused_by_extraction_is_not_served_from_the_cache(tmp_path,
 
 
 def test_official_source_uses_official_md5_and_user_checksums_win():
-    official = prepare_config()
+    official = prepare_config(source=OFFICIAL_SOURCE)
     assert expected_checksum(official, "images.tar.gz") == Checksum("md5", "5c4f3ee8e5d25df40f4fd59a7f44e54c")
     assert expected_checksum(official, "annotations.tar.gz") == Checksum("md5", "95a8c909bbe2e81eed6a22bccdf3f68f")
     mirror = prepare_config(source="https://mirror.example/pets", checksums={"images.tar.gz": "sha256:" + "a" * 64})

@@ -11,13 +11,17 @@ from petseg.data.layout import IGNORE
 from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import confusion_counts
-from petseg.models import build_model, count_parameters, model_from_weights, with_tta
+from petseg.models import build_model, model_from_weights, with_tta
 from petseg.models import res34_unet as res34_module
 
 # Parameter counts at full width, as in the reference report.
 FULL_SIZE_PARAMETERS = {"unet": 31.03e6, "res34": 24.42e6}
 # Small widths keep the shape tests fast.
 SMALL = {"unet": {"base_channels": 8}, "res34": {}}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", ["unet", "res34"])

@@ -179,7 +179,9 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     assert not (project / "mlruns").exists() and not list((project / ".dvc" / "tmp").rglob("mlruns"))
 
 
-def test_make_repro_cpu_keeps_its_params_in_the_experiment_not_in_params_yaml(tmp_path, synthetic_archives):
+def test_a_make_preset_keeps_its_params_in_the_experiment_not_in_params_yaml(tmp_path, synthetic_archives):
+    """`make repro-full` with its overrides swapped for tiny ones (the make variable FULL): the mechanism every
+    preset shares; what each preset sets is tested in test_recipes.py."""
     project = tmp_path / "project"
     project.mkdir()
     copy_project(project)
@@ -192,7 +194,7 @@ def test_make_repro_cpu_keeps_its_params_in_the_experiment_not_in_params_yaml(tm
     committed = (project / "params.yaml").read_text()
 
     broken = subprocess.run(
-        ["make", "repro-cpu", "STAMP=.stamp", f"SOURCE={tmp_path / 'nowhere'}"],
+        ["make", "repro-full", "STAMP=.stamp", f"FULL=-S prepare.source={tmp_path / 'nowhere'}"],
         cwd=project,
         env=os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
         capture_output=True,
@@ -202,13 +204,14 @@ def test_make_repro_cpu_keeps_its_params_in_the_experiment_not_in_params_yaml(tm
     assert broken.returncode != 0 and "prepare.source" in broken.stdout + broken.stderr
     assert (project / "params.yaml").read_text() == committed  # put back after a failed run too
 
-    out = sh(project, "make", "repro-cpu", "STAMP=.stamp", f"SOURCE={synthetic_archives[0]}")
-    assert "Ran experiment(s): cpu-preset" in out
+    tiny = f"FULL=-S prepare.source={synthetic_archives[0]} -S prepare.image_size=64"
+    out = sh(project, "make", "repro-full", "STAMP=.stamp", tiny)
+    assert "Ran experiment(s): full" in out
     assert (project / "params.yaml").read_text() == committed
     assert sh(project, "git", "status", "--porcelain", "--", "params.yaml") == ""
     rows = list(csv.DictReader(io.StringIO(sh(project, "dvc", "exp", "show", "--csv"))))
-    preset = next(row for row in rows if row["Experiment"] == "cpu-preset")
+    preset = next(row for row in rows if row["Experiment"] == "full")
     workspace = next(row for row in rows if row["rev"] == "workspace")
     assert preset["prepare.image_size"] == "64" and workspace["prepare.image_size"] == "32"
     assert preset["res34.dice_per_image"] == workspace["res34.dice_per_image"] != ""  # its outputs are here
-    assert set(json.loads(sh(project, "dvc", "status", "--json"))) >= {"prepare", "train_unet", "train_res34"}
+    assert "prepare" in json.loads(sh(project, "dvc", "status", "--json"))  # params.yaml is the workspace's again

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overlays", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     predict.add_argument(
-        "--backend", choices=("torch", "onnxruntime"), default="torch", help="onnxruntime: --model is a .onnx export"
+        "--backend", choices=("torch", "onnxruntime"), help="default: onnxruntime for a .onnx --model, else torch"
     )
     predict.add_argument(
         "--tta",
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.evaluation.predictor import Predictor
         from petseg.runtime import resolve_device
 
-        if args.backend == "onnxruntime":
+        backend = args.backend or ("onnxruntime" if args.model.suffix == ".onnx" else "torch")
+        if backend == "onnxruntime":
             from petseg.deploy.onnx_export import OnnxPredictor
 
             predictor = OnnxPredictor(args.model)

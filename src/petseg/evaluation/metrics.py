@@ -12,8 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-COUNT_NAMES = ("tp", "fp", "fn", "tn")
-
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
     """Per-image (tp, fp, fn, tn) as int64 of shape (N, 4); ``pred`` bool, ``target`` 0/1 or ``ignore_index``."""

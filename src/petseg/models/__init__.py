@@ -61,7 +61,3 @@ def normalization(params: dict[str, Any]) -> tuple[tuple[float, ...], tuple[floa
     if params.get("pretrained") == "imagenet":
         return IMAGENET_MEAN, IMAGENET_STD
     return HALF_MEAN, HALF_STD
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

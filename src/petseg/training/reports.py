@@ -12,7 +12,6 @@ from petseg.plots import plot_curves
 from petseg.training.state import HISTORY_FIELDS, VALIDATION_FIELDS, TrainState
 
 # Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
-TIMING_FIELDS = ("epoch_seconds", "images_per_second")
 EPOCHS_UNTIL_BUDGET = 100_000  # more epochs than any time budget holds: the budget alone ends training
 
 
