@@ -12,6 +12,11 @@ class PetsegError(Exception):
     """A problem the user can fix (bad params, bad input, unreachable source, ...)."""
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """An exception's message as one line for a one-line error: its first line, or its type when it has none."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 

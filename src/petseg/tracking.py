@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from petseg.errors import first_line
+
 # Fail fast against an unreachable server instead of MLflow's minutes of retries; users may override.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
@@ -121,9 +123,8 @@ class Tracker:
             return None
 
     def _disable(self, what: str, err: BaseException) -> None:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         print(
-            f"petseg: warning: MLflow tracking at {self.uri} failed during {what} ({first_line}); "
+            f"petseg: warning: MLflow tracking at {self.uri} failed during {what} ({first_line(err, 300)}); "
             "continuing without tracking, outputs on disk are complete",
             file=sys.stderr,
         )

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, first_line
 from petseg.evaluation.predictor import normalized
 from petseg.fileio import atomic_file
 from petseg.models import with_tta
-from petseg.models.checkpoint import check_serving, first_line, load_trained_model
+from petseg.models.checkpoint import check_serving, load_trained_model
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
@@ -102,7 +102,7 @@ class OnnxPredictor:
             self.mean, self.std = tuple(json.loads(meta["petseg.mean"])), tuple(json.loads(meta["petseg.std"]))
             self.tta, self.threshold = meta["petseg.tta"], float(meta["petseg.threshold"])
         except Exception as err:  # onnxruntime raises its own exception types for a bad file
-            raise PetsegError(f"{path}: not a petseg ONNX export ({str(err).splitlines()[0][:200]})") from None
+            raise PetsegError(f"{path}: not a petseg ONNX export ({first_line(err)})") from None
         check_serving(path, self.image_size, self.mean, self.std, self.tta, self.threshold)
 
     def probabilities(self, images: np.ndarray) -> torch.Tensor:

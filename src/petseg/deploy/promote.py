@@ -6,14 +6,10 @@ import os
 import sys
 
 from petseg.deploy.gate import CHAMPION, GateError, promote, registered_name
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, first_line
 from petseg.tracking import tracking_uri
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # a server that is down answers in seconds
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def promote_command(model: str, max_species_drop: float) -> int:
@@ -27,7 +23,7 @@ def promote_command(model: str, max_species_drop: float) -> int:
         client.search_registered_models(max_results=1)
     except Exception as err:  # noqa: BLE001 - MLflow's client raises many kinds for an unreachable store
         print(
-            f"petseg: warning: MLflow registry at {uri} unreachable ({_first_line(err)}); nothing promoted",
+            f"petseg: warning: MLflow registry at {uri} unreachable ({first_line(err)}); nothing promoted",
             file=sys.stderr,
         )
         return 0
@@ -40,7 +36,7 @@ def promote_command(model: str, max_species_drop: float) -> int:
         print(f"petseg: error: {name} {err}; nothing promoted", file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - reachable, yet the registry call failed: say what, and fail
-        print(f"petseg: error: {name}: the registry failed ({_first_line(err)}); nothing promoted", file=sys.stderr)
+        print(f"petseg: error: {name}: the registry failed ({first_line(err)}); nothing promoted", file=sys.stderr)
         return 1
     if decision.alias == CHAMPION:
         print(f"promote: {name} version {decision.version} is {CHAMPION} ({decision.reason})")

@@ -21,6 +21,7 @@ from mlflow.pyfunc import PythonModel
 from PIL import Image
 
 from petseg.data.photos import load_rgb
+from petseg.errors import first_line
 from petseg.evaluation.predictor import Predictor, mask_at_size
 
 INPUT_COLUMN = "image"
@@ -50,7 +51,7 @@ def segment_encoded(predictor, encoded: Any, threshold: float) -> dict[str, Any]
             data = io.BytesIO(base64.b64decode(encoded, validate=True))
             photo = load_rgb(data, predictor.image_size, SERVE_MAX_PIXELS)
         except (OSError, SyntaxError, ValueError, binascii.Error, Image.DecompressionBombError) as err:
-            return _failed(f"not a readable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+            return _failed(f"not a readable image ({first_line(err)})")
         probability = predictor.probabilities(photo.resized[None])[0]
         mask = mask_at_size(probability, photo.width, photo.height, threshold)
         return {"mask_png": encode_png(mask), "foreground_fraction": float(np.mean(mask > 0)), "error": ""}

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from petseg.data.photos import Photo, load_preview, load_rgb
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, first_line
 from petseg.evaluation.predictor import PRED_COLOR, Predictor, mask_at_size, overlay
 from petseg.fileio import atomic_file, ensure_writable
 from petseg.progress import progress
@@ -98,16 +98,12 @@ def _report(message: str) -> None:
     print(f"petseg: error: {message}", file=sys.stderr)
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 def usable_out(out_dir: Path) -> Path:
     """``--out`` checked before any work: a symlink loop or a file in the way is one line, not a traceback."""
     try:
         out_dir.resolve(strict=False)
     except (OSError, RuntimeError) as err:
-        raise PetsegError(f"--out {out_dir}: not a usable folder ({_first_line(err)})") from None
+        raise PetsegError(f"--out {out_dir}: not a usable folder ({first_line(err)})") from None
     if out_dir.exists() and not out_dir.is_dir():
         raise PetsegError(f"--out {out_dir}: exists and is not a folder")
     return out_dir
@@ -139,7 +135,7 @@ def _write_outputs(path: Path, photo: Photo, prob, out_dir: Path, threshold: flo
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
-        return f"{path}: its outputs could not be written to {out_dir} ({err.strerror or _first_line(err)})"
+        return f"{path}: its outputs could not be written to {out_dir} ({err.strerror or first_line(err)})"
     return ""
 
 
@@ -169,7 +165,7 @@ def predict_paths(
                 try:
                     readable.append((path, decoded.result()))
                 except UNREADABLE as err:
-                    _report(f"{path}: not a readable image ({_first_line(err)})")
+                    _report(f"{path}: not a readable image ({first_line(err)})")
                     summary.failed += 1
             if readable:
                 probs = predictor.probabilities(np.stack([photo.resized for _, photo in readable]))

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet34_Weights, resnet34
 
-from petseg.errors import PetsegError
+from petseg.errors import PetsegError, first_line
 from petseg.models.blocks import UpBlock
 
 
@@ -21,8 +21,7 @@ def _imagenet_state_dict(weights_path: str | None) -> dict[str, torch.Tensor]:
         try:
             return torch.load(weights_path, map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, pickle.UnpicklingError) as err:
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise PetsegError(f"train.res34.weights_path: cannot load {weights_path} ({reason})") from None
+            raise PetsegError(f"train.res34.weights_path: cannot load {weights_path} ({first_line(err)})") from None
     weights = ResNet34_Weights.IMAGENET1K_V1
     try:
         return weights.get_state_dict(progress=True)
