@@ -12,7 +12,10 @@ from helpers import copy_trained, run_stage
 from PIL import Image
 
 from petseg.cli import main as petseg_main
+from petseg.data.dataset import PreparedSplit
+from petseg.data.photos import load_rgb
 from petseg.errors import PetsegError
+from petseg.evaluation.predictor import Predictor, mask_at_size
 from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
@@ -104,6 +107,14 @@ def test_infer_writes_original_size_masks_and_grids(trained):
             assert set(np.unique(mask)) <= {0, 255}
         grid = Image.open(trained / "reports" / "infer" / name / "overlays.png")
         assert grid.size[1] > grid.size[0]  # 4 rows (2 best + 2 worst) of 3 panels
+        # The masks are the checkpoint's, served as evaluate scored it (its TTA and threshold), like predict's.
+        predictor = Predictor(trained / "models" / f"{name}.pt")
+        test = PreparedSplit(trained / "data" / "prepared", "test")
+        probabilities = predictor.probabilities(np.asarray(test.images[: len(masks)]))  # infer's one batch
+        for row, probability in zip(test.rows, probabilities, strict=False):
+            expected = mask_at_size(probability, int(row["width"]), int(row["height"]), predictor.threshold)
+            written = trained / "reports" / "infer" / name / "masks" / f"{row['name']}.png"
+            assert np.array_equal(np.asarray(Image.open(written)), expected)
 
 
 def test_infer_grids_show_the_worst_case_of_the_whole_split_not_of_the_masks_written(trained, tmp_path):
@@ -373,9 +384,6 @@ def test_overlays_are_at_the_photos_own_size_and_do_not_change_the_mask(trained,
 
 def test_predict_writes_the_same_bytes_whatever_the_batching(trained, synthetic_tree, tmp_path, capsys):
     """Decoding and writing overlap the model in threads: outputs equal a plain photo-by-photo computation."""
-    from petseg.data.photos import load_rgb
-    from petseg.evaluation.predictor import Predictor, mask_at_size
-
     images = synthetic_tree / "images"
     for batch_size in (1, 3, 32):
         assert (
