@@ -5,7 +5,7 @@ import yaml
 from helpers import deep_merge, make_params, run_stage, shipped_params, shipped_params_file
 
 from petseg.config import ConfigError, load_params, parse_params
-from petseg.schema import to_flat_dict
+from petseg.schema import set_dotted, to_flat_dict
 
 
 def flatten(raw: dict, prefix: str = "") -> dict:
@@ -154,10 +154,6 @@ def test_a_key_written_twice_is_refused_naming_it_and_its_lines(tmp_path, text, 
 @pytest.mark.parametrize("seed", [2**32, 2**64, -1])
 def test_a_seed_torch_or_numpy_would_refuse_is_refused_at_load(key, seed):
     raw = shipped_params()
-    section, leaf = key.rsplit(".", 1)
-    target = raw
-    for part in section.split("."):
-        target = target[part]
-    target[leaf] = seed
+    set_dotted(raw, key, seed)
     with pytest.raises(ConfigError, match=rf"^params.yaml: {key}: must be in \[0, 2\*\*32\) \(got {seed}\)$"):
         parse_params(raw)
