@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise PetsegError(f"--tta {args.tta}: {args.model} was exported with tta {predictor.tta}, built in")
         else:
             predictor = Predictor(args.model, resolve_device(args.device), args.tta)
-        threshold = predictor.threshold if args.threshold is None else args.threshold
-        summary = predict_paths(predictor, args.paths, args.out, threshold, args.batch_size, args.overlays)
+        summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
     if args.command == "sample":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from petseg.deploy.gate import registered_name
+from petseg.deploy.gate import SPECIES_PREFIX, SPLIT, registered_name
 from petseg.deploy.pyfunc import INPUT_COLUMN, PetsegSegmenter, encode_png
 
 
@@ -19,9 +19,9 @@ def version_tags(metrics: dict, split_hash: str, extra: dict[str, str]) -> dict[
         f"test_{key}": f"{metrics[key]:.6f}" for key in ("dice_per_image", "dice_dataset", "boundary_dice_per_image")
     }
     tags |= {
-        f"test_dice_per_image.{kind}": f"{scores['dice_per_image']:.6f}" for kind, scores in metrics["species"].items()
+        f"{SPECIES_PREFIX}{kind}": f"{scores['dice_per_image']:.6f}" for kind, scores in metrics["species"].items()
     }
-    return tags | {"test_split_hash": split_hash} | extra
+    return tags | {SPLIT: split_hash} | extra
 
 
 def log_and_register(mlflow, model: str, checkpoint: Path, example_photo, tags: dict) -> tuple[str, str]:
