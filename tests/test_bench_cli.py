@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,10 +13,10 @@ from helpers import make_params, shipped_params_file
 from petseg.bench import accuracy
 from petseg.bench.folds import fold_names, write_fold
 from petseg.cli import main as petseg_main
+from petseg.data.dataset import PreparedSplit
 from petseg.data.layout import SPLITS, images_path, list_path, read_split_csv
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
-from petseg.training.reports import EPOCHS_UNTIL_BUDGET
 from petseg.training.trainer import Trainer, TrainPaths
 
 PARAMS = ["--params", str(shipped_params_file())]  # the benchmarks run in a folder of their own
@@ -113,12 +114,18 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
     assert petseg_main(args) == 0
     infer = json.loads((project / "reports" / "bench" / "infer.json").read_text())
     assert infer["images"] == 32 and infer["model"] == "unet" and set(infer["sizes"]) == {"32", "64"}
-    for figures in infer["sizes"].values():
-        speedup = figures["ort_model_img_s"] / figures["eager_model_img_s"]
-        assert figures["model_speedup"] == pytest.approx(speedup, rel=0.01)
-        assert figures["predict_speedup"] == pytest.approx(
-            figures["ort_predict_img_s"] / figures["eager_predict_img_s"], rel=0.01
-        )
+    assert infer["test_images"] == len(PreparedSplit(project / "data" / "prepared", "test"))
+    for rows in infer["sizes"].values():
+        assert list(rows) == ["torch", "onnxruntime", "onnxruntime-int8"]
+        for row in rows.values():
+            assert set(row) == {"file_mb", "model_img_s", "predict_img_s", "dice_per_image"}
+            assert row["model_img_s"] > 0 and row["predict_img_s"] > 0 and 0 <= row["dice_per_image"] <= 1
+        assert rows["torch"]["file_mb"] == pytest.approx(paths.best.stat().st_size / 2**20, rel=1e-3)
+        assert rows["onnxruntime"]["dice_per_image"] == pytest.approx(rows["torch"]["dice_per_image"], abs=0.01)
+        assert rows["onnxruntime-int8"]["file_mb"] < rows["onnxruntime"]["file_mb"]
+    table = capsys.readouterr().out
+    number = r" +[0-9.]+"
+    assert re.search(rf"^ +64  onnxruntime-int8{number * 6} +[+-][0-9.]+$", table, re.M)
     args = [
         "bench",
         "baseline",
@@ -165,7 +172,7 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
     assert served == ["none", "hflip"] * 2  # the reference as the report scored it, petseg per train.common.tta
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
     # Both sides train until the budget ends them: petseg's epochs (1 in its params) do not stop it first.
-    assert [cap.epochs for cap in caps] == [EPOCHS_UNTIL_BUDGET] * 2 and caps[0].warmup_epochs == 0
+    assert [cap.epochs for cap in caps] == [0, 0] and caps[0].warmup_epochs == 0
     assert [run["seed"] for run in result["runs"]] == [42, 43] and {run["on"] for run in result["runs"]} == {
         "test split"
     }

@@ -91,6 +91,12 @@ def test_overrides_apply_on_top_of_the_file_and_are_validated():
         ({"train": {"unet": {"lr": -1e-3}}}, "train.unet.lr: must be > 0"),
         ({"train": {"unet": {"batch_size": 0}}}, "train.unet.batch_size: must be >= 1 (got 0)"),
         ({"train": {"unet": {"epochs": True}}}, "train.unet.epochs: must be an integer (got True)"),
+        ({"train": {"unet": {"epochs": -1}}}, "train.unet.epochs: must be >= 0 (0 = until the time budget) (got -1)"),
+        (
+            {"train": {"res34": {"epochs": 0}}},
+            "train.res34.epochs: must be >= 1, or 0 with a train.common.max_minutes (got 0)",
+        ),
+        ({"train": {"unet": {"epochs": 3, "warmup_epochs": 3}}}, "train.unet.warmup_epochs: must be in [0, epochs)"),
         ({"train": {"common": {"device": "tpu"}}}, "train.common.device: must be one of 'auto', 'cpu', 'cuda'"),
         ({"train": {"common": {"augment": {"crop_scale": [0.9, 0.1]}}}}, "train.common.augment.crop_scale"),
         ({"train": {"res34": {"pretrained": "yes"}}}, "train.res34.pretrained: must be one of false, 'imagenet'"),

@@ -15,7 +15,8 @@ from petseg.cli import main as petseg_main
 from petseg.data.dataset import PreparedSplit
 from petseg.data.photos import load_rgb
 from petseg.errors import PetsegError
-from petseg.evaluation.predictor import Predictor, mask_at_size
+from petseg.evaluation.masks import mask_at_size
+from petseg.evaluation.predictor import Predictor
 from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}

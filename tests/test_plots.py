@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from petseg import plots
-from petseg.evaluation.predictor import PRED_COLOR, outline, overlay
+from petseg.evaluation.masks import PRED_COLOR, outline, overlay
 from petseg.evaluation.scoring import LABELS
 from petseg.training.reports import write_training_reports
 from petseg.training.state import TrainState

@@ -14,7 +14,7 @@ from PIL import Image
 from petseg.data.cache import prepare_dataset
 from petseg.data.layout import SPLITS, sample_file
 from petseg.data.lists import build_splits, parse_list_file, split_trainval
-from petseg.data.photos import SampleError, load_sample, resize_photo, to_rgb8
+from petseg.data.photos import SampleError, load_sample, to_rgb8
 from petseg.errors import PetsegError
 
 
@@ -203,17 +203,6 @@ def test_every_cached_row_holds_its_csv_sample_after_skips(tmp_path, awkward_tre
             assert (int(row["width"]), int(row["height"])) == (width, height)
             checked += 1
     assert checked == 28 - 6
-
-
-@pytest.mark.parametrize(("shape", "size"), [((375, 500), 256), ((300, 200), 128), ((64, 64), 128)])
-def test_photos_resize_like_pil_bilinear(shape, size):
-    rng = np.random.default_rng(0)
-    smooth = np.kron(rng.integers(0, 256, (shape[0] // 4 + 1, shape[1] // 4 + 1, 3)), np.ones((4, 4, 1)))
-    photo = (smooth[: shape[0], : shape[1]] + rng.integers(-20, 20, (*shape, 3))).clip(0, 255).astype(np.uint8)
-    ours = resize_photo(Image.fromarray(photo), size)
-    pil = np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR))
-    assert ours.shape == (size, size, 3) and ours.dtype == np.uint8
-    assert np.abs(ours.astype(int) - pil).max() <= 1
 
 
 @pytest.mark.parametrize(("boundary", "values"), [("pet", {0, 1}), ("background", {0, 1}), ("ignore", {0, 1, 255})])

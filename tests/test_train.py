@@ -17,7 +17,7 @@ from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.runtime import autocast_context, native_amp
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
-from petseg.training.reports import EPOCHS_UNTIL_BUDGET, epoch_line, write_training_reports
+from petseg.training.reports import epoch_line, write_training_reports
 from petseg.training.state import TrainState, code_digest
 from petseg.training.trainer import Trainer, TrainPaths
 
@@ -324,12 +324,20 @@ def test_a_time_budget_stops_after_the_epoch_that_crosses_it(project, capsys):
     assert (project / "models" / "unet.pt").exists()
 
 
+def test_epochs_0_trains_until_the_budget_ends_it(project, capsys):
+    overrides = {"train": {"common": {"max_minutes": 0.04}, "unet": {"epochs": 0, "warmup_epochs": 1}}}
+    state, _ = run_training(project, overrides=overrides)
+    assert state.stopped_by == "time budget" and state.epoch >= 1
+    assert state.elapsed_seconds >= 0.04 * 60  # no epoch count ended it: only the epoch that crossed the budget
+    assert re.search(r"train_unet: epoch 1 \([0-9.]+/0.04 min\) train_loss", capsys.readouterr().out)
+
+
 def test_an_epoch_line_shows_the_cap_and_the_budget_that_can_end_training():
     row = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 90.0}
     state = TrainState(elapsed_seconds=90.0, best_epoch=3)
     assert epoch_line(row, 40, state, 0).startswith("epoch 3/40 train_loss 0.5000 lr")
     assert epoch_line(row, 40, state, 600).startswith("epoch 3/40 (1.5/10 min) train_loss")
-    line = epoch_line(row | {"val_dice": 0.8}, EPOCHS_UNTIL_BUDGET, state, 600)  # bench accuracy: the budget alone
+    line = epoch_line(row | {"val_dice": 0.8}, 0, state, 600)  # epochs 0: the budget alone
     assert line.startswith("epoch 3 (1.5/10 min) train_loss 0.5000 val_dice 0.8000 lr") and line.endswith("*best")
 
 
@@ -366,7 +374,7 @@ def test_warmup_cosine_follows_steps_and_the_time_budget():
         optimizer = torch.optim.SGD([parameter], lr=1.0)
         schedule = WarmupCosine(optimizer, total, warmup, budget_s)
         seen = [optimizer.param_groups[0]["lr"]]
-        for step in range(total):
+        for step in range(total or 10):
             schedule.step(elapsed(step))
             seen.append(optimizer.param_groups[0]["lr"])
         return seen
@@ -376,6 +384,9 @@ def test_warmup_cosine_follows_steps_and_the_time_budget():
     assert by_steps[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)])  # cosine to 0
     by_time = lrs(10, 0, 100.0, lambda step: 50.0 * (step + 1))  # the budget runs out after 2 of 10 steps
     assert by_time[1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5))) and by_time[2:] == pytest.approx([0.0] * 9)
+    until_budget = lrs(0, 2, 100.0, lambda step: 10.0 * (step + 1))  # no steps planned (epochs 0): by time
+    assert until_budget[:2] == pytest.approx([1 / 3, 2 / 3])  # the warm-up still runs, by steps
+    assert until_budget[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(2, 11)])
 
 
 @pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, False)])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from petseg import __version__
 from petseg.config import MODEL_NAMES, Params, load_params
+from petseg.deploy.backends import BACKENDS
 from petseg.errors import PetsegError, exits_cleanly
 
 
@@ -52,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=_positive, default=8)
     predict.add_argument("--overlays", action="store_true", help="also write <name>_overlay.png")
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    predict.add_argument(
-        "--backend", choices=("torch", "onnxruntime"), help="default: onnxruntime for a .onnx --model, else torch"
-    )
+    predict.add_argument("--backend", choices=BACKENDS, help="default: onnxruntime for a .onnx --model, else torch")
     predict.add_argument(
         "--tta",
         choices=("none", "hflip"),
@@ -111,9 +110,12 @@ def _add_throughput_benches(which) -> None:
 
 
 def _add_model_benches(which) -> None:
-    infer = which.add_parser("infer", help="PyTorch eager vs ONNX Runtime: the model alone and petseg predict")
+    infer = which.add_parser("infer", help="every backend (PyTorch, ONNX Runtime fp32, int8): speed, size, Dice")
     infer.add_argument("--model", type=Path, required=True, help="a checkpoint, e.g. models/res34.pt")
-    infer.add_argument("--images", type=Path, required=True, help="a directory of photos")
+    infer.add_argument("--images", type=Path, required=True, help="a directory of photos (petseg predict's speed)")
+    infer.add_argument(
+        "--prepared", type=Path, default=Path("data/prepared"), help="its test split scores, its valid split calibrates"
+    )
     infer.add_argument("--batch-size", type=_positive, default=8)
     infer.add_argument("--size", nargs="+", type=_positive, default=[128, 256], help="input sizes to measure at")
     accuracy = which.add_parser("accuracy", help="the reference recipe vs petseg's, same budget, split and metric")
@@ -169,19 +171,10 @@ def train_settings(args: argparse.Namespace) -> Params:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "predict":
+        from petseg.deploy.backends import load_predictor
         from petseg.evaluation.predict import predict_paths
-        from petseg.evaluation.predictor import Predictor
-        from petseg.runtime import resolve_device
 
-        backend = args.backend or ("onnxruntime" if args.model.suffix == ".onnx" else "torch")
-        if backend == "onnxruntime":
-            from petseg.deploy.onnx_export import OnnxPredictor
-
-            predictor = OnnxPredictor(args.model)
-            if args.tta not in (None, predictor.tta):
-                raise PetsegError(f"--tta {args.tta}: {args.model} was exported with tta {predictor.tta}, built in")
-        else:
-            predictor = Predictor(args.model, resolve_device(args.device), args.tta)
+        predictor = load_predictor(args.model, args.backend, args.device, args.tta)
         summary = predict_paths(predictor, args.paths, args.out, args.threshold, args.batch_size, args.overlays)
         print(f"predict: {summary.written} masks written to {args.out}, {summary.failed} failed")
         return 1 if summary.failed or not summary.written else 0
@@ -217,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "infer":
         from petseg.bench.infer import bench_infer
 
-        bench_infer(args.model, args.images, args.batch_size, args.size)
+        bench_infer(args.model, args.images, args.prepared, args.batch_size, args.size)
     else:
         from petseg.bench.baseline import bench_baseline
 

@@ -8,6 +8,7 @@ default lives: every key is required, and code outside a stage (tests, benchmark
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -152,7 +153,7 @@ class TrainCommonConfig:
 class ModelTrainConfig:
     """Optimisation settings shared in shape by every model section."""
 
-    epochs: int
+    epochs: int  # 0 = until train.common.max_minutes ends training (the schedule then spans the budget)
     batch_size: int
     optimizer: Literal["adam", "adamw"]
     lr: float
@@ -164,8 +165,9 @@ class ModelTrainConfig:
     early_stop_patience: int  # validations without improvement; 0 = never stop early
 
     def validate(self, key: str) -> None:
-        _check(self.epochs >= 1, f"{key}.epochs", ">= 1", self.epochs)
-        _check(0 <= self.warmup_epochs < self.epochs, f"{key}.warmup_epochs", "in [0, epochs)", self.warmup_epochs)
+        _check(self.epochs >= 0, f"{key}.epochs", ">= 0 (0 = until the time budget)", self.epochs)
+        warmup_ok = 0 <= self.warmup_epochs < (self.epochs or math.inf)
+        _check(warmup_ok, f"{key}.warmup_epochs", "in [0, epochs)", self.warmup_epochs)
         _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
         _check(self.lr > 0, f"{key}.lr", "> 0", self.lr)
         _check(self.weight_decay >= 0, f"{key}.weight_decay", ">= 0", self.weight_decay)
@@ -208,7 +210,9 @@ class TrainConfig:
 
     def validate(self, key: str) -> None:
         for name in MODEL_NAMES:
-            batch_size = getattr(self, name).batch_size
+            epochs, batch_size = getattr(self, name).epochs, getattr(self, name).batch_size
+            budget = self.common.max_minutes
+            _check(epochs or budget, f"{key}.{name}.epochs", f">= 1, or 0 with a {key}.common.max_minutes", epochs)
             _check(
                 batch_size % self.common.nproc == 0,
                 f"{key}.{name}.batch_size",

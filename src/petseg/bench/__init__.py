@@ -54,14 +54,15 @@ def timed(fn: Callable[[], int]) -> float:
     return items / (time.perf_counter() - start)
 
 
-def best_interleaved(first: Callable[[], int], second: Callable[[], int], rounds: int) -> tuple[float, float]:
-    """Items/s of two workloads, the best of ``rounds`` runs each, taken in the order ABBA AB...: on a noisy machine
-    one run each can differ by 20 %, and alternating keeps slow drift from favouring either side."""
-    rates: tuple[list[float], list[float]] = ([], [])
+def best_interleaved(*workloads: Callable[[], int], rounds: int) -> list[float]:
+    """Items/s of each workload, the best of ``rounds`` runs each, in the order ABC CBA ABC...: on a noisy machine one
+    run each can differ by 20 %, and alternating keeps slow drift from favouring any side."""
+    rates: list[list[float]] = [[] for _ in workloads]
     for round_ in range(rounds):
-        for which in (0, 1) if round_ % 2 == 0 else (1, 0):
-            rates[which].append(timed((first, second)[which]))
-    return max(rates[0]), max(rates[1])
+        order = range(len(workloads)) if round_ % 2 == 0 else reversed(range(len(workloads)))
+        for which in order:
+            rates[which].append(timed(workloads[which]))
+    return [max(runs) for runs in rates]
 
 
 def extracted_archives(source: Path, work: Path) -> tuple[Path, Path]:

@@ -25,7 +25,6 @@ from petseg.evaluation.metrics import bootstrap_ci, per_image_scores, summarize
 from petseg.models import HALF_MEAN, HALF_STD, build_model, with_tta
 from petseg.progress import progress
 from petseg.runtime import configure_threads
-from petseg.training.reports import EPOCHS_UNTIL_BUDGET
 from petseg.training.trainer import Trainer, TrainPaths
 
 # The report's recipe: its architectures as published, BCE + soft Dice, Adam at 1e-3, batch 16, horizontal flips only
@@ -121,7 +120,7 @@ def bench_accuracy(
     of the trainval photos (the test split untouched, for tuning). JSON and a table."""
     common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
-    until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=EPOCHS_UNTIL_BUDGET)}
+    until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=0)}
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common, **until_budget))
     configure_threads(common.threads)
     results = []

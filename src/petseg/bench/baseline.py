@@ -82,7 +82,9 @@ def bench_baseline(source: Path, model_name: str, batch_size: int, steps: int, p
 
         trainer_steps(trainer, loaders["petseg"])  # warm-up
         reference_rate, petseg_rate = best_interleaved(
-            lambda: trainer_steps(trainer, loaders["reference"]), lambda: trainer_steps(trainer, loaders["petseg"]), 2
+            lambda: trainer_steps(trainer, loaders["reference"]),
+            lambda: trainer_steps(trainer, loaders["petseg"]),
+            rounds=2,
         )
     return report_ratio(
         "baseline",

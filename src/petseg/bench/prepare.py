@@ -32,7 +32,7 @@ def bench_prepare(source: Path, params: Params, rounds: int = 3) -> dict:
             report_ = prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
             return report_["counts"]["total"] + report_["skipped_count"]
 
-        naive_rate, ours_rate = best_interleaved(naive, ours, rounds)
+        naive_rate, ours_rate = best_interleaved(naive, ours, rounds=rounds)
     return report_ratio(
         "prepare",
         ("petseg prepare (images + masks)", "prepare_img_s", ours_rate),

@@ -69,9 +69,14 @@ Trained with {versions}.
 {speed_table}
 
 ## How to use it
+The scores above are of `models/{model}.pt`, the file the registry model serves. The export stage writes
+`models/{model}.onnx` (checked against it) and `models/{model}.int8.onnx`, which is servable only when its test Dice is
+within 0.005 of the fp32 export's: both numbers are in `reports/export/{model}.json`. Serving an `.onnx` needs
+ONNX Runtime, not PyTorch.
 ```bash
 petseg predict --model models/{model}.pt --out masks photo.jpg folder/
-petseg predict --backend onnxruntime --model models/{model}.onnx --out masks photo.jpg
+petseg predict --model models/{model}.onnx --out masks photo.jpg
+petseg predict --model models/{model}.int8.onnx --out masks photo.jpg
 mlflow models serve -m models:/petseg-{model}@champion --env-manager local --host 127.0.0.1 --port 5001
 # POST {{"dataframe_split": {{"columns": ["image"], "data": [["<base64 JPEG or PNG>"]]}}}} to /invocations
 ```

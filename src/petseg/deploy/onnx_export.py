@@ -1,5 +1,5 @@
 """ONNX export of a trained model (any batch, the model's own image size), checked against PyTorch on real test
-photos, and an ONNX Runtime predictor with the Predictor's interface."""
+photos before it is written."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from petseg.errors import PetsegError, first_line
-from petseg.evaluation.predictor import normalized
 from petseg.fileio import atomic_file
 from petseg.models import with_tta
-from petseg.models.checkpoint import check_serving, load_trained_model
+from petseg.models.checkpoint import load_trained_model
+from petseg.serving import normalized
 
 OPSET = 18
 MAX_LOGIT_DIFF = 1e-4
@@ -36,7 +36,7 @@ def export_onnx(checkpoint: Path, out: Path, photos: np.ndarray, size: int = 0) 
 
     trained = load_trained_model(checkpoint)
     model, tta, side = with_tta(trained.model, trained.tta), trained.tta, size or trained.image_size
-    batch = normalized(photos, trained.mean, trained.std)
+    batch = torch.from_numpy(normalized(photos, trained.mean, trained.std))
     if batch.shape[-1] != side:
         batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="bilinear")
     buffer = io.BytesIO()
@@ -86,26 +86,3 @@ def parity(expected: np.ndarray, got: np.ndarray, threshold: float, where: Path)
             f"{allowed:.3g}), masks agree on {agreement:.6%} of pixels (needed {MIN_MASK_AGREEMENT:.2%})"
         )
     return report
-
-
-class OnnxPredictor:
-    """An exported model run by ONNX Runtime, fed exactly as :class:`~petseg.evaluation.predictor.Predictor`."""
-
-    def __init__(self, path: str | Path):
-        import onnxruntime as ort
-
-        path = Path(path)
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            meta = self.session.get_modelmeta().custom_metadata_map
-            self.name, self.image_size = meta["petseg.model"], int(meta["petseg.image_size"])
-            self.mean, self.std = tuple(json.loads(meta["petseg.mean"])), tuple(json.loads(meta["petseg.std"]))
-            self.tta, self.threshold = meta["petseg.tta"], float(meta["petseg.threshold"])
-        except Exception as err:  # onnxruntime raises its own exception types for a bad file
-            raise PetsegError(f"{path}: not a petseg ONNX export ({first_line(err)})") from None
-        check_serving(path, self.image_size, self.mean, self.std, self.tta, self.threshold)
-
-    def probabilities(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 (N, S, S, 3) at the training size -> float (N, S, S) pet probabilities."""
-        logits = self.session.run(None, {"image": normalized(images, self.mean, self.std).numpy()})[0]
-        return torch.sigmoid(torch.from_numpy(logits))[:, 0]

@@ -21,8 +21,9 @@ from mlflow.pyfunc import PythonModel
 from PIL import Image
 
 from petseg.data.photos import load_rgb
+from petseg.deploy.backends import load_predictor
 from petseg.errors import first_line
-from petseg.evaluation.predictor import Predictor, mask_at_size
+from petseg.evaluation.masks import mask_at_size
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMNS = ("mask_png", "foreground_fraction", "error")
@@ -71,10 +72,11 @@ def segment_request(predictor, column, threshold: float) -> list[dict[str, Any]]
 
 
 class PetsegSegmenter(PythonModel):
-    """Loads the checkpoint logged beside it as the artifact ``checkpoint``, served with its own TTA and threshold."""
+    """Loads the model file logged beside it as the artifact ``checkpoint``, served with its own TTA and threshold: a
+    ``.pt`` on PyTorch, an ``.onnx`` on ONNX Runtime (then the server never imports PyTorch)."""
 
     def load_context(self, context) -> None:
-        self.predictor = Predictor(context.artifacts["checkpoint"], "cpu")
+        self.predictor = load_predictor(context.artifacts["checkpoint"])
         self.threshold = self.predictor.threshold
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:

@@ -16,9 +16,10 @@ from PIL import Image
 
 from petseg.data.photos import Photo, load_preview, load_rgb
 from petseg.errors import PetsegError, first_line
-from petseg.evaluation.predictor import PRED_COLOR, Predictor, mask_at_size, overlay
+from petseg.evaluation.masks import PRED_COLOR, mask_at_size, overlay
 from petseg.fileio import atomic_file, ensure_writable
 from petseg.progress import progress
+from petseg.serving import Backend
 
 
 @dataclass
@@ -140,7 +141,7 @@ def _write_outputs(path: Path, photo: Photo, prob, out_dir: Path, threshold: flo
 
 
 def predict_paths(
-    predictor: Predictor,
+    predictor: Backend,
     paths: list[Path],
     out_dir: Path,
     threshold: float | None = None,

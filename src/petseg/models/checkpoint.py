@@ -6,7 +6,6 @@ A resume point (``models/<model>.last.pt``) holds the training state as well.
 
 from __future__ import annotations
 
-import math
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -18,12 +17,10 @@ import torch
 from petseg.errors import PetsegError
 from petseg.fileio import atomic_file
 from petseg.models import build_model, model_from_weights, normalization
+from petseg.serving import check_serving
 
 FORMAT = "petseg-checkpoint"
 VERSION = 2  # 2: the checkpoint carries how it is served (tta, threshold)
-
-
-MAX_IMAGE_SIZE = 4096  # a model's input side; a larger one in a checkpoint is corrupt or hostile (memory)
 
 
 def non_finite_count(state_dict: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -136,28 +133,6 @@ def load_trained_model(path: str | Path) -> TrainedModel:
     _check_shapes(path, name, params, state_dict)
     model = model_from_weights(name, params, state_dict)
     return TrainedModel(name, image_size, tuple(map(float, mean)), tuple(map(float, std)), tta, threshold, model)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_serving(path, image_size: Any, mean: tuple, std: tuple, tta: Any, threshold: Any) -> None:
-    """Every number a checkpoint (or an export's metadata) feeds the model with, in a range that gives real masks:
-    a NaN, a huge or a denormal mean or std would silently predict empty masks."""
-    if not (isinstance(image_size, int) and 32 <= image_size <= MAX_IMAGE_SIZE and image_size % 32 == 0):
-        raise PetsegError(f"{path}: image_size {image_size!r} is not a model input size (32..{MAX_IMAGE_SIZE}, /32)")
-    sane_mean = len(mean) == 3 and all(_number(v) and -10 < v < 10 for v in mean)
-    sane_std = len(std) == 3 and all(_number(v) and 1e-3 <= v <= 10 for v in std)
-    if not (sane_mean and sane_std):
-        raise PetsegError(
-            f"{path}: normalization mean {list(mean)} std {list(std)} is not three finite means in (-10, 10) and "
-            "three stds in [0.001, 10]"
-        )
-    if tta not in ("none", "hflip"):
-        raise PetsegError(f"{path}: serving tta {tta!r} is not none or hflip")
-    if not (_number(threshold) and 0 < threshold < 1):
-        raise PetsegError(f"{path}: serving threshold {threshold!r} is not a number in (0, 1)")
 
 
 def _check_shapes(path: str | Path, name: str, params: dict, state_dict: dict) -> None:

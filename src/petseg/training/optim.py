@@ -26,26 +26,27 @@ class WarmupCosine:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, budget_s: float):
-        self.optimizer, self.total, self.warmup, self.budget_s = optimizer, max(1, total_steps), warmup_steps, budget_s
+        """``total_steps`` 0: none planned, the time budget alone ends training (and the schedule)."""
+        self.optimizer, self.total, self.warmup, self.budget_s = optimizer, total_steps, warmup_steps, budget_s
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.steps = 0
         self._apply(0.0)
 
     def progress(self, elapsed_s: float) -> float:
         by_time = elapsed_s / self.budget_s if self.budget_s else 0.0
-        return min(1.0, max(self.steps / self.total, by_time))
+        return min(1.0, max(self.steps / self.total if self.total else 0.0, by_time))
 
     def step(self, elapsed_s: float) -> None:
         self.steps += 1
         self._apply(self.progress(elapsed_s))
 
     def _apply(self, progress: float) -> None:
-        warmup_fraction = self.warmup / self.total
-        if progress < warmup_fraction:
+        if self.steps < self.warmup:
             factor = (self.steps + 1) / (self.warmup + 1)
-        else:
-            span = max(1e-12, 1.0 - warmup_fraction)
-            factor = 0.5 * (1.0 + math.cos(math.pi * (progress - warmup_fraction) / span))
+        else:  # the cosine spans what the warm-up leaves: of the planned steps, or (none planned) of the budget
+            start = self.warmup / self.total if self.total else 0.0
+            span = max(1e-12, 1.0 - start)
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress - start) / span)))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
 

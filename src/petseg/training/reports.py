@@ -11,9 +11,6 @@ from petseg.fileio import write_json, write_text
 from petseg.plots import plot_curves
 from petseg.training.state import HISTORY_FIELDS, VALIDATION_FIELDS, TrainState
 
-# Timing varies run to run; it lives apart so that metrics.json is bit-identical for equal params.
-EPOCHS_UNTIL_BUDGET = 100_000  # more epochs than any time budget holds: the budget alone ends training
-
 
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...] | list[str]) -> None:
     buffer = io.StringIO()
@@ -31,7 +28,7 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
         "stopped_by": state.stopped_by or "epochs",
         **{k: round(best[k], 6) for k in ("train_loss", "val_loss", "val_dice", "val_iou")},
     }
-    timing = {
+    timing = {  # varies run to run: apart, so that metrics.json is bit-identical for equal params
         "total_seconds": round(state.elapsed_seconds, 2),
         "images_per_second": round(sum(r["images_per_second"] for r in state.history) / len(state.history), 3),
     }
@@ -52,7 +49,7 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
 def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: float) -> str:
     """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget)."""
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
-    of = "" if epochs >= EPOCHS_UNTIL_BUDGET else f"/{epochs}"
+    of = f"/{epochs}" if epochs else ""  # 0: until the time budget
     budget = f" ({state.elapsed_seconds / 60:.1f}/{budget_s / 60:g} min)" if budget_s else ""
     return (
         f"epoch {row['epoch']}{of}{budget} train_loss {row['train_loss']:.4f} {scores}"

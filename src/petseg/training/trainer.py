@@ -7,6 +7,7 @@ and ends with identical metrics.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterable
@@ -237,7 +238,8 @@ class Trainer:
 
     def _progress(self, epoch: int) -> float:
         """How much of the training (0-1) has passed as ``epoch`` starts: of the epochs or of the time budget."""
-        return max((epoch - 1) / self.cfg.epochs, self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0)
+        by_epochs = (epoch - 1) / self.cfg.epochs if self.cfg.epochs else 0.0
+        return max(by_epochs, self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0)
 
     def fit(self, prepared_dir: Path, paths: TrainPaths, tracker=None) -> TrainState:
         """Train to ``epochs`` (or an early stop or the time budget), with resume points every ``checkpoint_minutes``
@@ -257,7 +259,9 @@ class Trainer:
             self.cfg, self.optimizer, self.maximize, len(sampler) // self.batch_size, self.budget_s
         )
         self.resume(paths.last, fingerprint)
-        for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
+        first = self.state.epoch + 1
+        # epochs 0: until the time budget ends it (the config requires one then)
+        for epoch in range(first, self.cfg.epochs + 1) if self.cfg.epochs else itertools.count(first):
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
@@ -277,7 +281,7 @@ class Trainer:
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
-            if last and epoch < self.cfg.epochs:
+            if last and epoch != self.cfg.epochs:
                 self.state.stopped_by = "time budget"  # before the resume point: a resumed run stops here too
             if self.context.is_main and self._resume_point_due():
                 self.save_resume_point(paths.last, fingerprint)
