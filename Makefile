@@ -7,7 +7,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # The default params.yaml is the bundled sample (sample/, real photos), sized to run anywhere in minutes. The full
 # experiment and the reference report's recipe are named DVC experiments, -S overrides away from it.
 OFFICIAL := https://www.robots.ox.ac.uk/~vgg/data/pets/data
-FULL := -S prepare.source=$(OFFICIAL) -S prepare.image_size=256 -S train.common.num_workers=4 \
+FULL := -S prepare.source=$(OFFICIAL) -S prepare.image_size=256 -S resources.num_workers=4 \
 	-S train.unet.base_channels=64 -S infer.limit=0 \
 	$(foreach m,unet res34,-S train.$(m).epochs=40 -S train.$(m).batch_size=16)
 

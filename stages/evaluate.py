@@ -32,7 +32,8 @@ def main() -> None:
     details, counts, started, speed = {}, {}, {}, {}
     for name, predictor in predictors.items():
         started[name] = time.time()
-        details[name], result, rows = scoring.evaluate_model(predictor, PREPARED_DIR, params.evaluate)
+        batch_size = params.resources.eval_batch_size
+        details[name], result, rows = scoring.evaluate_model(predictor, PREPARED_DIR, params.evaluate, batch_size)
         speed[name], counts[name] = len(rows) / result.seconds, result.counts  # the served model's pass alone
         print(f"evaluate: {name}: " + ", ".join(f"{k} {details[name][k]:.4f}" for k in scoring.HEADLINE))
         if (warning := scoring.degenerate_warning(name, details[name])) is not None:

@@ -23,7 +23,7 @@ PER_IMAGE = REPORTS_DIR / "evaluate" / "per_image.csv"  # the grids show the bes
 @exits_cleanly
 def main() -> None:
     params = load_params()
-    cfg, batch_size = params.infer, params.evaluate.batch_size
+    cfg, batch_size = params.infer, params.resources.eval_batch_size
     test = PreparedSplit(PREPARED_DIR, "test").require_samples("infer")
     ensure_writable(OUT_DIR)
     names = [row["name"] for row in test.rows]

@@ -24,7 +24,11 @@ def main() -> None:
     ensure_writable(REPORT.parent)
     trees = {archive: fetch_and_extract(cfg, archive, RAW_DIR) for archive in ARCHIVES}
     report = prepare_dataset(
-        trees["images.tar.gz"] / "images", trees["annotations.tar.gz"] / "annotations", PREPARED_DIR, cfg
+        trees["images.tar.gz"] / "images",
+        trees["annotations.tar.gz"] / "annotations",
+        PREPARED_DIR,
+        cfg,
+        params.resources.workers,
     )
     report["source"] = public_source(cfg.source)
     write_json(REPORT, report)

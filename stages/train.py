@@ -1,4 +1,4 @@
-"""DVC stages `train_unet` / `train_res34`: python -m stages.train --model unet|res34.
+"""DVC stages `train@unet` / `train@res34` (one `foreach` stage): python -m stages.train --model unet|res34.
 
 With train.common.nproc > 1 the stage relaunches itself under torchrun (DistributedDataParallel);
 `torchrun --nproc_per_node N -m stages.train --model res34` works the same way.

@@ -192,14 +192,14 @@ def run_stage(module: str, cwd: Path, *args: str, env: dict | None = None, timeo
 
 
 TINY_PARAMS = {
-    "prepare": {"image_size": 32, "workers": 2},
+    "prepare": {"image_size": 32},
     "train": {
-        "common": {"num_workers": 0, "threads": 1, "checkpoint_minutes": 0, "validate_every": 1},
+        "common": {"validate_every": 1},
         "unet": {"base_channels": 4, "epochs": 2, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
         "res34": {"epochs": 1, "batch_size": 8, "lr": 0.003, "warmup_epochs": 0},
     },
-    "evaluate": {"batch_size": 8},
     "infer": {"limit": 6, "grid_rows": 2},
+    "resources": {"workers": 2, "num_workers": 0, "threads": 1, "checkpoint_minutes": 0, "eval_batch_size": 8},
 }
 
 

@@ -35,7 +35,7 @@ def test_model_params_are_the_architecture_keys():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("", "empty (every section is required: prepare, train, evaluate, infer, promote, tracking)"),
+        ("", "empty (every section is required: prepare, train, evaluate, infer, promote, resources, tracking)"),
         ("prepare: {}\n", "train: missing (every key is required, as in the shipped params.yaml)"),
     ],
 )

@@ -12,7 +12,7 @@ from helpers import run_stage, write_params
 from petseg.training.distributed import Context, init_from_env
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
-DETERMINISTIC_BATCHES = {"augment": {"enabled": False}, "threads": 1}
+DETERMINISTIC_BATCHES = {"augment": {"enabled": False}}
 
 
 def train_with(project, nproc: int) -> dict:

@@ -9,17 +9,16 @@ import pytest
 import yaml
 from helpers import REPO, shipped_params
 
-from petseg.config import result_neutral
-
 SOURCE_ROOTS = {"petseg": REPO / "src", "stages": REPO}
 
-# The params sections each stage reads (stages/<module>.py and what it calls); result-neutral keys are left out.
+# The params sections each stage reads (stages/<module>.py and what it calls); the rest change no stage's results.
+NEUTRAL_SECTIONS = {"resources", "tracking", "promote"}
 STAGE_READS = {
     "prepare": ["prepare"],
-    "train_unet": ["train.common", "train.unet"],
-    "train_res34": ["train.common", "train.res34"],
+    "train@unet": ["train.common", "train.unet"],
+    "train@res34": ["train.common", "train.res34"],
     "evaluate": ["evaluate"],
-    "infer": ["infer", "evaluate.batch_size"],
+    "infer": ["infer"],
     "export": [],
 }
 
@@ -63,7 +62,15 @@ def import_closure(module: str) -> set[str]:
 
 
 def dvc_stages() -> dict:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, a `foreach` stage expanded as DVC names them (<stage>@<item>)."""
+    stages = {}
+    for name, spec in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" not in spec:
+            stages[name] = spec
+            continue
+        for item in spec["foreach"]:
+            stages[f"{name}@{item}"] = yaml.safe_load(yaml.safe_dump(spec["do"]).replace("${item}", item))
+    return stages
 
 
 def stage_module(cmd: str) -> str:
@@ -79,10 +86,8 @@ def leaf_keys(raw: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def read_keys(sections: list[str]) -> set[str]:
-    every = leaf_keys(shipped_params())
-    keys = {key for key in every for section in sections if key == section or key.startswith(section + ".")}
-    return {key for key in keys if not result_neutral(key)}
+def section_keys(section: str) -> list[str]:
+    return [key for key in leaf_keys(shipped_params()) if key == section or key.startswith(section + ".")]
 
 
 @pytest.mark.parametrize("stage", list(STAGE_READS))
@@ -95,10 +100,18 @@ def test_stage_code_deps_are_its_import_closure(stage):
 
 
 @pytest.mark.parametrize("stage", list(STAGE_READS))
-def test_stage_params_are_the_keys_it_reads(stage):
+def test_stage_params_are_the_sections_it_reads(stage):
     declared = set(dvc_stages()[stage].get("params", []))
-    expected = read_keys(STAGE_READS[stage])
+    expected = set(STAGE_READS[stage])
     assert declared == expected, f"{stage}: missing {sorted(expected - declared)}, extra {sorted(declared - expected)}"
+    assert all(section_keys(section) for section in declared), f"{stage}: names no section of params.yaml"
+
+
+def test_the_sections_no_stage_depends_on_are_the_rest():
+    """Speed (resources), names (tracking) and `petseg promote` settings re-run nothing; every other key is read."""
+    read = {key for sections in STAGE_READS.values() for section in sections for key in section_keys(section)}
+    unread = {key.split(".")[0] for key in leaf_keys(shipped_params()) if key not in read}
+    assert unread == NEUTRAL_SECTIONS
 
 
 def test_every_stage_is_checked():
@@ -108,10 +121,10 @@ def test_every_stage_is_checked():
 def test_a_deleted_dep_is_named(monkeypatch):
     """The check itself can fail: drop one file the train stage imports and it names the stage and the file."""
     stages = dvc_stages()
-    stages["train_unet"]["deps"].remove("src/petseg/training/losses.py")
+    stages["train@unet"]["deps"].remove("src/petseg/training/losses.py")
     monkeypatch.setattr("test_dvc_deps.dvc_stages", lambda: stages)
-    with pytest.raises(AssertionError, match=r"train_unet: dvc.yaml misses \['src/petseg/training/losses.py'\]"):
-        test_stage_code_deps_are_its_import_closure("train_unet")
+    with pytest.raises(AssertionError, match=r"train@unet: dvc.yaml misses \['src/petseg/training/losses.py'\]"):
+        test_stage_code_deps_are_its_import_closure("train@unet")
 
 
 def test_closure_follows_function_level_and_submodule_imports():

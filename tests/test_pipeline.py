@@ -75,19 +75,16 @@ def assert_status_follows_code_and_params(project: Path) -> None:
     original = params_file.read_text()
     params = yaml.safe_load(original)
     params["tracking"]["experiment"] = "renamed"
-    params["train"]["common"]["num_workers"] += 1
-    params["train"]["common"]["threads"] += 1
-    params["prepare"]["workers"] += 1
-    params["evaluate"]["batch_size"] += 1
+    params["resources"] = {key: value + 1 for key, value in params["resources"].items()}
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     assert changed_stages(project) == set()
     params_file.write_text(original)
 
     for module, expected in {
-        "src/petseg/training/losses.py": {"train_unet", "train_res34"},
+        "src/petseg/training/losses.py": {"train@unet", "train@res34"},
         "src/petseg/evaluation/scoring.py": {"evaluate", "infer"},
         "src/petseg/deploy/card.py": {"evaluate"},  # release plumbing retrains nothing
-        "src/petseg/data/layout.py": {"prepare", "train_unet", "train_res34", "evaluate", "infer", "export"},
+        "src/petseg/data/layout.py": {"prepare", "train@unet", "train@res34", "evaluate", "infer", "export"},
     }.items():
         source = project / module
         text = source.read_text()
@@ -115,7 +112,7 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
 
     first = sh(project, "dvc", "repro")
     assert ran_stages(first)[0] == "prepare"
-    assert set(ran_stages(first)) == {"prepare", "train_unet", "train_res34", "evaluate", "infer", "export"}
+    assert set(ran_stages(first)) == {"prepare", "train@unet", "train@res34", "evaluate", "infer", "export"}
     for path in declared_outputs(project / "dvc.yaml"):
         assert (project / path).exists(), f"declared output missing: {path}"
 
@@ -127,7 +124,7 @@ def test_repro_noop_experiments_diffs_and_mlflow(tmp_path, source):
     sh(project, "git", "commit", "-qm", "baseline results")
     before = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
     experiment = sh(project, "dvc", "exp", "run", "-n", "res34-faster", "-S", "train.res34.lr=0.03")
-    assert set(ran_stages(experiment)) == {"train_res34", "evaluate", "infer", "export"}  # what the param touches
+    assert set(ran_stages(experiment)) == {"train@res34", "evaluate", "infer", "export"}  # what the param touches
     after = json.loads((project / "reports" / "evaluate" / "metrics.json").read_text())
     assert after["unet"] == before["unet"] and after["res34"] != before["res34"]
 

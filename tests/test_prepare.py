@@ -161,9 +161,9 @@ def awkward_tree(tmp_path):
 
 
 def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, awkward_tree):
-    cfg = prepare_config(image_size=32, workers=2)
+    cfg = prepare_config(image_size=32)
     out = tmp_path / "prepared"
-    report = prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg)
+    report = prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg, workers=2)
     reasons = {row["name"]: row["reason"] for row in report["skipped"]}
     assert set(reasons) == {"Persian_1", "Persian_2", "Persian_3", "Persian_4", "Persian_5", "beagle_1"}
     assert reasons["Persian_1"].startswith("image cannot be decoded")
@@ -185,8 +185,8 @@ def test_bad_samples_are_skipped_and_listed_and_odd_formats_decoded(tmp_path, aw
 def test_every_cached_row_holds_its_csv_sample_after_skips(tmp_path, awkward_tree):
     # Rows are written by worker processes and compacted around the skipped samples of every split.
     out = tmp_path / "prepared"
-    cfg = prepare_config(image_size=32, workers=2)
-    prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg)
+    cfg = prepare_config(image_size=32)
+    prepare_dataset(awkward_tree / "images", awkward_tree / "annotations", out, cfg, workers=2)
     checked = 0
     for split in SPLITS:
         images, masks = np.load(out / f"{split}_images.npy"), np.load(out / f"{split}_masks.npy")
@@ -212,7 +212,8 @@ def test_boundary_rule(tmp_path, synthetic_tree, boundary, values):
         synthetic_tree / "images",
         synthetic_tree / "annotations",
         out,
-        prepare_config(image_size=64, boundary=boundary, workers=1),
+        prepare_config(image_size=64, boundary=boundary),
+        workers=1,
     )
     masks = np.load(out / "train_masks.npy")
     assert set(np.unique(masks)) == values
@@ -226,7 +227,8 @@ def test_boundary_as_pet_has_more_foreground_than_as_background(tmp_path, synthe
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / boundary,
-            prepare_config(image_size=64, boundary=boundary, workers=1),
+            prepare_config(image_size=64, boundary=boundary),
+            workers=1,
         )
         fractions[boundary] = report["foreground_fraction"]["train"]
     assert fractions["pet"] > fractions["background"]
@@ -264,7 +266,8 @@ def test_meta_identifies_the_split_so_training_never_resumes_on_another(tmp_path
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / name,
-            prepare_config(image_size=32, seed=seed, workers=1),
+            prepare_config(image_size=32, seed=seed),
+            workers=1,
         )
         return json.loads((tmp_path / name / "meta.json").read_text())["split_lists"]
 
@@ -343,10 +346,10 @@ def test_a_prepare_with_no_usable_sample_fails_and_keeps_the_previous_cache(tmp_
     tree = tmp_path / "tree"
     shutil.copytree(synthetic_tree, tree)
     out = tmp_path / "prepared"
-    prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32, workers=1))
+    prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32), workers=1)
     before = {path.name: path.read_bytes() for path in out.iterdir()}
     for photo in (tree / "images").iterdir():
         photo.write_bytes(b"\0" * 1000)  # what an archive of empty or broken photos extracts to
     with pytest.raises(PetsegError, match=r"^prepare: no usable train or test sample \(32 skipped; most common "):
-        prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32, workers=1))
+        prepare_dataset(tree / "images", tree / "annotations", out, prepare_config(image_size=32), workers=1)
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before

@@ -38,7 +38,7 @@ REPORT = {
 FULL = {
     "prepare.source": OFFICIAL_SOURCE,
     "prepare.image_size": 256,
-    "train.common.num_workers": 4,
+    "resources.num_workers": 4,
     "train.unet.base_channels": 64,
     "train.unet.epochs": 40,
     "train.res34.epochs": 40,

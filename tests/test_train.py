@@ -105,7 +105,7 @@ def test_resume_point_copies_the_best_weights_only_when_they_are_not_the_saved_o
 
 
 def test_resume_points_wait_for_checkpoint_minutes_but_the_last_epoch_is_always_saved(project, capsys):
-    overrides = {"train": {"common": {"checkpoint_minutes": 60}, "unet": {"epochs": 3, "warmup_epochs": 1}}}
+    overrides = {"resources": {"checkpoint_minutes": 60}, "train": {"unet": {"epochs": 3, "warmup_epochs": 1}}}
     with pytest.raises(Interrupt):
         run_training(project, overrides=overrides, tracker=InterruptAfterEpoch(2))
     assert not (project / "models" / "unet.last.pt").exists()  # an hour had not passed: nothing written yet

@@ -160,8 +160,8 @@ def train_settings(args: argparse.Namespace) -> Params:
         "train.common.amp": False if args.amp == "off" else args.amp,
         "train.common.channels_last": args.channels_last,
         "train.common.compile": args.compile,
-        "train.common.threads": args.threads,
-        "train.common.num_workers": args.workers,
+        "resources.threads": args.threads,
+        "resources.num_workers": args.workers,
         "train.common.augment.on_device": args.augment_on_device,
     }
     return load_params(args.params, overrides)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.bench.prepare import bench_prepare
 
         workers = args.workers or os.cpu_count() or 1
-        overrides = {"prepare.image_size": args.size, "prepare.workers": workers}
+        overrides = {"prepare.image_size": args.size, "resources.workers": workers}
         bench_prepare(args.source, load_params(args.params, overrides))
     elif args.bench == "train":
         from petseg.bench.train import bench_train
@@ -215,6 +215,6 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.bench.baseline import bench_baseline
 
         overrides = {"prepare.image_size": args.size, "train.common.device": "cpu"}
-        overrides["train.common.threads"] = args.threads
+        overrides["resources.threads"] = args.threads
         bench_baseline(args.source, args.model, args.batch_size, args.steps, load_params(args.params, overrides))
     return 0

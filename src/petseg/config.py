@@ -19,27 +19,7 @@ OFFICIAL_SOURCE = "https://www.robots.ox.ac.uk/~vgg/data/pets/data"
 MODEL_NAMES = ("unet", "res34")
 MODEL_TITLES = {"unet": "UNet", "res34": "ResNet34-UNet"}  # for people: plot titles, model cards
 
-# Keys that change how fast a stage runs or what it is called, never what it computes: no DVC stage depends on them,
-# and a resume point stays valid when they change.
-RESULT_NEUTRAL = frozenset(
-    {
-        "prepare.workers",
-        "prepare.checksums",
-        "train.common.threads",
-        "train.common.num_workers",
-        "train.common.checkpoint_minutes",
-        "evaluate.batch_size",
-        "tracking.experiment",
-        "promote.max_species_drop",  # read by `petseg promote`, which is no DVC stage
-    }
-)
-
-
 SEED_LIMIT = 2**32  # seeds are [0, 2**32): numpy's limit, and torch's with the per-epoch seeds derived from them
-
-
-def result_neutral(key: str) -> bool:
-    return any(key == neutral or key.startswith(neutral + ".") for neutral in RESULT_NEUTRAL)
 
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -56,7 +36,6 @@ class PrepareConfig:
     boundary: Literal["pet", "background", "ignore"]
     valid_fraction: float
     seed: int
-    workers: int  # decode processes; 0 = one per CPU core
 
     def validate(self, key: str) -> None:
         _check(bool(self.source.strip()), f"{key}.source", "a URL or a directory", self.source)
@@ -64,7 +43,6 @@ class PrepareConfig:
         _check(size_ok, f"{key}.image_size", "a positive multiple of 32", self.image_size)
         _check(0 < self.valid_fraction < 1, f"{key}.valid_fraction", "in (0, 1)", self.valid_fraction)
         _check(0 <= self.seed < SEED_LIMIT, f"{key}.seed", "in [0, 2**32)", self.seed)
-        _check(self.workers >= 0, f"{key}.workers", ">= 0 (0 = one per core)", self.workers)
         for name, digest in self.checksums.items():
             _check(
                 name in ("images.tar.gz", "annotations.tar.gz"),
@@ -122,13 +100,10 @@ class TrainCommonConfig:
     amp: Literal[False, "auto", "bf16", "fp16"]  # mixed precision; auto: bf16 where the device runs it natively
     channels_last: bool
     compile: bool
-    threads: int  # torch intra-op threads; 0 = one per core
-    num_workers: int
     nproc: int  # training processes (DistributedDataParallel via torchrun); batch_size is split over them
     select_by: Literal["dice", "loss", "last"]  # which epoch's weights become models/<model>.pt
     validate_every: int  # validation after every Nth epoch and the last; select_by and the patiences count these
     max_minutes: float  # time budget for training; 0 = none (then only `epochs` bounds it)
-    checkpoint_minutes: float  # the resume point is written at most this often (and after the last epoch); 0 = always
     progressive_scale: float  # train at this fraction of the prepared size first (1 = always at the prepared size)
     progressive_until: float  # ... until this fraction of the training (epochs or budget) has passed
     tta: Literal["none", "hflip"]  # test-time augmentation the checkpoint is scored and served with
@@ -140,11 +115,8 @@ class TrainCommonConfig:
         _check(0 <= self.seed < SEED_LIMIT, f"{key}.seed", "in [0, 2**32)", self.seed)
         _check(self.validate_every >= 1, f"{key}.validate_every", ">= 1", self.validate_every)
         _check(self.max_minutes >= 0, f"{key}.max_minutes", ">= 0 (0 = no time budget)", self.max_minutes)
-        _check(self.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", ">= 0", self.checkpoint_minutes)
         _check(0 < self.progressive_scale <= 1, f"{key}.progressive_scale", "in (0, 1]", self.progressive_scale)
         _check(0 <= self.progressive_until <= 1, f"{key}.progressive_until", "in [0, 1]", self.progressive_until)
-        _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
-        _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
         _check(self.nproc >= 1, f"{key}.nproc", ">= 1", self.nproc)
         _check(0 < self.threshold < 1, f"{key}.threshold", "in (0, 1)", self.threshold)
 
@@ -228,11 +200,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    batch_size: int
     boundary_px: int  # half-width of the band around the pet's outline that the boundary score looks at
 
     def validate(self, key: str) -> None:
-        _check(self.batch_size >= 1, f"{key}.batch_size", ">= 1", self.batch_size)
         _check(self.boundary_px >= 1, f"{key}.boundary_px", ">= 1", self.boundary_px)
 
 
@@ -263,19 +233,39 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    """How fast, never what: no stage depends on these and a resume point survives a change."""
+
+    workers: int  # prepare's decode processes; 0 = one per CPU core
+    threads: int  # torch intra-op threads; 0 = one per core
+    num_workers: int  # training's DataLoader worker processes
+    checkpoint_minutes: float  # the resume point is written at most this often (and after the last epoch); 0 = always
+    eval_batch_size: int  # photos per forward pass in evaluate and infer
+
+    def validate(self, key: str) -> None:
+        _check(self.workers >= 0, f"{key}.workers", ">= 0 (0 = one per core)", self.workers)
+        _check(self.threads >= 0, f"{key}.threads", ">= 0 (0 = one per core)", self.threads)
+        _check(self.num_workers >= 0, f"{key}.num_workers", ">= 0", self.num_workers)
+        _check(self.checkpoint_minutes >= 0, f"{key}.checkpoint_minutes", ">= 0", self.checkpoint_minutes)
+        _check(self.eval_batch_size >= 1, f"{key}.eval_batch_size", ">= 1", self.eval_batch_size)
+
+
+@dataclass(frozen=True)
 class Params:
     prepare: PrepareConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     infer: InferConfig
     promote: PromoteConfig
+    resources: ResourcesConfig
     tracking: TrackingConfig
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if raw is None:
         raise ConfigError(
-            f"{source}: empty (every section is required: prepare, train, evaluate, infer, promote, tracking)"
+            f"{source}: empty (every section is required: prepare, train, evaluate, infer, promote, resources, "
+            "tracking)"
         )
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: must be a mapping of sections (got {type(raw).__name__})")

@@ -122,12 +122,12 @@ def bench_accuracy(
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
     until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=0)}
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common, **until_budget))
-    configure_threads(common.threads)
+    configure_threads(params.resources.threads)
     results = []
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))
         prepared = Path(tmp) / "prepared"
-        prepare_dataset(images_dir, annotations_dir, prepared, params.prepare)
+        prepare_dataset(images_dir, annotations_dir, prepared, params.prepare, params.resources.workers)
         targets = [("test split", prepared)]
         if folds:
             seed, fraction = params.prepare.seed, params.prepare.valid_fraction

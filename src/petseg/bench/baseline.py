@@ -61,7 +61,7 @@ def bench_baseline(source: Path, model_name: str, batch_size: int, steps: int, p
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))
         names = [e.name for e in build_splits(annotations_dir, cfg)["train"]][: steps * batch_size]
-        prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
+        prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg, params.resources.workers)
         mean, std = normalization(trainer.model_params)
         augment = train_transforms(trainer.common.augment, size, mean, std)
         ours = PreparedSplit(Path(tmp) / "prepared", "train", augment)

@@ -17,7 +17,7 @@ def bench_prepare(source: Path, params: Params, rounds: int = 3) -> dict:
     """The prepare path (draft-mode decode, process pool) vs a naive PIL loop making the same photos and masks."""
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))
-        cfg = params.prepare
+        cfg, workers = params.prepare, params.resources.workers
         size = cfg.image_size
         names = [e.name for entries in build_splits(annotations_dir, cfg).values() for e in entries]
 
@@ -29,7 +29,7 @@ def bench_prepare(source: Path, params: Params, rounds: int = 3) -> dict:
             return len(names)
 
         def ours() -> int:
-            report_ = prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg)
+            report_ = prepare_dataset(images_dir, annotations_dir, Path(tmp) / "prepared", cfg, workers)
             return report_["counts"]["total"] + report_["skipped_count"]
 
         naive_rate, ours_rate = best_interleaved(naive, ours, rounds=rounds)
@@ -38,5 +38,5 @@ def bench_prepare(source: Path, params: Params, rounds: int = 3) -> dict:
         ("petseg prepare (images + masks)", "prepare_img_s", ours_rate),
         ("naive PIL loop (photo + trimap)", "naive_img_s", naive_rate),
         " (target >= 2)",
-        {"images": len(names), "size": size, "workers": cfg.workers, "rounds": rounds},
+        {"images": len(names), "size": size, "workers": workers, "rounds": rounds},
     )

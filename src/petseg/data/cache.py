@@ -88,13 +88,15 @@ def _load_job(job: _Job) -> tuple[tuple[int, int, int, int] | None, str]:
     return (width, height, int(np.count_nonzero(mask == 1)), int(np.count_nonzero(mask != IGNORE))), ""
 
 
-def prepare_dataset(images_dir: Path, annotations_dir: Path, out_dir: Path, cfg: PrepareConfig) -> dict:
+def prepare_dataset(
+    images_dir: Path, annotations_dir: Path, out_dir: Path, cfg: PrepareConfig, workers: int = 0
+) -> dict:
     """Decode, validate and cache every listed sample; return the report dictionary."""
     splits = build_splits(annotations_dir, cfg)
     size = cfg.image_size
     listed = sum(len(entries) for entries in splits.values())
     ensure_writable(out_dir.parent, need_bytes=listed * size * size * 4)  # 3 image bytes + 1 mask byte per pixel
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = workers or os.cpu_count() or 1
     skipped: list[dict] = []
     report: dict = {
         "image_size": size,

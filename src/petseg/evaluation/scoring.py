@@ -31,11 +31,13 @@ LABELS = {
 HEADLINE = tuple(LABELS)  # what the evaluate stage prints and compares in comparison.png
 
 
-def score_split(predictor: Predictor, prepared_dir: Path, split: str, cfg: EvaluateConfig) -> tuple[PassResult, list]:
+def score_split(
+    predictor: Predictor, prepared_dir: Path, split: str, cfg: EvaluateConfig, batch_size: int
+) -> tuple[PassResult, list]:
     """Per-image confusion counts of the predictor's model for ``split``, overall, near the outline and (with TTA)
     for the network alone, and the split's rows (name, species, ...)."""
     dataset = PreparedSplit(prepared_dir, split, predictor.transform)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size)
+    loader = DataLoader(dataset, batch_size=batch_size)
     desc = f"evaluate {predictor.name}"
     result = evaluate_loader(
         predictor.model, loader, predictor.device, predictor.threshold, desc=desc, boundary_px=cfg.boundary_px
@@ -43,10 +45,12 @@ def score_split(predictor: Predictor, prepared_dir: Path, split: str, cfg: Evalu
     return result, dataset.rows
 
 
-def evaluate_model(predictor: Predictor, prepared_dir: Path, cfg: EvaluateConfig) -> tuple[dict, PassResult, list]:
+def evaluate_model(
+    predictor: Predictor, prepared_dir: Path, cfg: EvaluateConfig, batch_size: int
+) -> tuple[dict, PassResult, list]:
     """metrics.json's entry for one model on the test split, as the predictor serves it; with TTA, also the Dice of
     the network alone (the TTA effect)."""
-    result, rows = score_split(predictor, prepared_dir, "test", cfg)
+    result, rows = score_split(predictor, prepared_dir, "test", cfg, batch_size)
     metrics = model_metrics(result, rows)
     if result.plain_counts is not None:
         metrics["dice_per_image_no_tta"] = round(summarize(result.plain_counts)["dice_per_image"], 6)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from petseg.config import Params, result_neutral
+from petseg.config import Params
 from petseg.models.checkpoint import model_payload
 from petseg.schema import to_flat_dict
 from petseg.tracking import library_versions
@@ -55,7 +55,7 @@ def run_fingerprint(name: str, params: Params, meta: dict) -> str:
     relevant = {
         "model": name,
         "config": asdict(params.train.model(name)),
-        "common": {k: v for k, v in asdict(params.train.common).items() if not result_neutral(f"train.common.{k}")},
+        "common": asdict(params.train.common),  # params.resources (speed only) is not part of it
         "data": meta,
         "code": code_digest(),
     }

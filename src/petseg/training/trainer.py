@@ -44,7 +44,7 @@ class Trainer:
     def __init__(self, name: str, params: Params, context: Context | None = None):
         self.name, self.params, self.context = name, params, context or Context()
         self.common, self.cfg = params.train.common, params.train.model(name)
-        runtime.configure_threads(self.common.threads)
+        runtime.configure_threads(params.resources.threads)
         runtime.make_deterministic()
         self.device = training_device(self.common.device, self.context)
         runtime.seed_everything(self.common.seed)
@@ -63,7 +63,7 @@ class Trainer:
         self.state = TrainState()
         self.best_weights = cpu_state_dict(self.model)
         self.batch_size = per_process_batch(self.cfg.batch_size, self.context, f"train.{name}.batch_size")
-        self.workers = runtime.loader_workers(self.common.num_workers, self.device)
+        self.workers = runtime.loader_workers(params.resources.num_workers, self.device)
         self.pin_memory = self.device.type == "cuda"
         self.image_size = 0  # known once fit() reads the prepared data
         self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
@@ -222,7 +222,7 @@ class Trainer:
     def _resume_point_due(self) -> bool:
         """After every epoch, or (``checkpoint_minutes``) once that long has passed since the last one: a 300 MB
         file per 3-second epoch would cost a fifth of the training time. The final epoch is always saved."""
-        return time.perf_counter() - self._saved_at >= self.common.checkpoint_minutes * 60
+        return time.perf_counter() - self._saved_at >= self.params.resources.checkpoint_minutes * 60
 
     def _epoch_loader(
         self, train_set: PreparedSplit, sampler: DistributedSampler, epoch: int
