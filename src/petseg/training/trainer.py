@@ -11,7 +11,6 @@ import itertools
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -27,13 +26,14 @@ from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import degenerate_counts, summarize
 from petseg.models import build_model, model_from_weights
-from petseg.models.checkpoint import load_checkpoint, non_finite_count, save_checkpoint
+from petseg.models.checkpoint import non_finite_count, save_checkpoint
 from petseg.progress import progress
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
 from petseg.training.loaders import downsized, progressive_size, sharded_loader, training_datasets
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
+from petseg.training.resume import ResumePoint
 from petseg.training.state import TrainPaths, TrainState, cpu_state_dict, run_fingerprint, trained_model
 
 
@@ -66,8 +66,7 @@ class Trainer:
         self.workers = runtime.loader_workers(params.resources.num_workers, self.device)
         self.pin_memory = self.device.type == "cuda"
         self.image_size = 0  # known once fit() reads the prepared data
-        self.saved_epoch = 0  # the epoch of this run's resume point on disk; 0: none yet
-        self._saved_at = time.perf_counter()  # when that resume point was written (or this run started)
+        self.resume_point: ResumePoint | None = None  # made by fit(), which knows the run's fingerprint
         self.train_size = 0  # progressive resizing: the size batches are trained at this epoch; 0 = as they come
 
     def say(self, message: str) -> None:
@@ -166,8 +165,8 @@ class Trainer:
 
     def _diverged(self, what: str, paths: TrainPaths) -> PetsegError:
         kept = (
-            f"Last good checkpoint kept: {paths.last} (epoch {self.saved_epoch})"
-            if self.saved_epoch
+            f"Last good checkpoint kept: {paths.last} (epoch {self.resume_point.saved_epoch})"
+            if self.resume_point is not None and self.resume_point.saved_epoch
             else "No checkpoint of this run was written"
         )
         return PetsegError(f"train_{self.name}: {what}; lower train.{self.name}.lr or check the data. {kept}")
@@ -193,36 +192,25 @@ class Trainer:
         parts = {"state_dict": self.model, "optimizer": self.optimizer}
         return parts | {"scheduler": self.schedule, "scaler": self.scaler}
 
-    def resume(self, path: Path, fingerprint: str) -> None:
+    def resume(self, point: ResumePoint) -> None:
         """Continue from a resume point of the very same run; anything else starts over."""
-        if not path.exists():
-            return
-        saved = load_checkpoint(path)
-        if saved.get("fingerprint") != fingerprint:
-            self.say(f"{path} is from other params, data or code; starting over")
+        saved, message = point.load()
+        if message:
+            self.say(message)
+        if saved is None:
             return
         for key, part in self._resumable().items():
             part.load_state_dict(saved[key])
         self.state, best = TrainState(**saved["train_state"]), saved["best_state_dict"]
         self.best_weights = saved["state_dict"] if best is None else best  # None: the saved epoch is the best
-        self.saved_epoch = self.state.epoch
-        self.say(f"resuming after epoch {self.state.epoch} from {path}")
 
-    def save_resume_point(self, path: Path, fingerprint: str) -> None:
+    def save_resume_point(self, point: ResumePoint) -> None:
         parts = {key: part.state_dict() for key, part in self._resumable().items()}
         parts["state_dict"] = cpu_state_dict(self.model)
         # The best weights again only when the best epoch lies behind: 1/4 of the file. Never with select_by: last,
         # where they are the last validated epoch's, and the run ends with a validation that replaces them.
         behind = self.state.best_epoch != self.state.epoch and self.common.select_by != "last"
-        best = self.best_weights if behind else None
-        extra = {"fingerprint": fingerprint, "best_state_dict": best, "train_state": asdict(self.state)}
-        save_checkpoint(path, parts | extra)
-        self.saved_epoch, self._saved_at = self.state.epoch, time.perf_counter()
-
-    def _resume_point_due(self) -> bool:
-        """After every epoch, or (``checkpoint_minutes``) once that long has passed since the last one: a 300 MB
-        file per 3-second epoch would cost a fifth of the training time. The final epoch is always saved."""
-        return time.perf_counter() - self._saved_at >= self.params.resources.checkpoint_minutes * 60
+        point.save(parts, self.state, self.best_weights if behind else None)
 
     def _epoch_loader(
         self, train_set: PreparedSplit, sampler: DistributedSampler, epoch: int
@@ -250,7 +238,9 @@ class Trainer:
             prepared_dir, self.image_size, self.name, self.cfg, self.common
         )
         valid_loader = sharded_loader(valid_set, self.batch_size, self.context, self.workers, self.pin_memory)
-        fingerprint = run_fingerprint(self.name, self.params, meta)
+        point = self.resume_point = ResumePoint(
+            paths.last, run_fingerprint(self.name, self.params, meta), self.params.resources.checkpoint_minutes
+        )
         # The same sampler with one process or many: the global batches are the same sets of images either way.
         sampler = DistributedSampler(
             train_set, self.context.world_size, self.context.rank, shuffle=True, seed=self.common.seed, drop_last=True
@@ -258,7 +248,7 @@ class Trainer:
         self.schedule = build_schedule(
             self.cfg, self.optimizer, self.maximize, len(sampler) // self.batch_size, self.budget_s
         )
-        self.resume(paths.last, fingerprint)
+        self.resume(point)
         first = self.state.epoch + 1
         # epochs 0: until the time budget ends it (the config requires one then)
         for epoch in range(first, self.cfg.epochs + 1) if self.cfg.epochs else itertools.count(first):
@@ -283,14 +273,14 @@ class Trainer:
             self.record(row)
             if last and epoch != self.cfg.epochs:
                 self.state.stopped_by = "time budget"  # before the resume point: a resumed run stops here too
-            if self.context.is_main and self._resume_point_due():
-                self.save_resume_point(paths.last, fingerprint)
+            if self.context.is_main and point.due():
+                self.save_resume_point(point)
             self.state.elapsed_seconds += time.perf_counter() - started - row["epoch_seconds"]  # the budget counts it
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
-        if self.context.is_main and self.saved_epoch != self.state.epoch:
-            self.save_resume_point(paths.last, fingerprint)
+        if self.context.is_main and point.saved_epoch != self.state.epoch:
+            self.save_resume_point(point)
         if self.context.is_main:  # written once at the end (a resumed run too): its presence means a finished run
             model = trained_model(self.name, self.params, meta["image_size"], self.best_weights, self.state.best_epoch)
             save_checkpoint(paths.best, model)
