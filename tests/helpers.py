@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -104,6 +105,8 @@ class RangeServer:
         self.requests: list[dict] = []
         self.drop_after: int | None = None  # bytes sent before cutting the connection
         self.drops_left = 0
+        self.endless = False  # a lying server: zeros without end and without a Content-Length
+        self.resume_from_zero = False  # a lying server: answers a Range request with the whole file as a 206
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -128,8 +131,18 @@ class RangeServer:
                     self.send_error(404)
                     return
                 data = path.read_bytes()
+                if server.endless:
+                    self.send_response(200)
+                    self.end_headers()
+                    with contextlib.suppress(OSError):  # until the client hangs up
+                        while True:
+                            self.wfile.write(bytes(65536))
+                    return
                 start = 0
-                if rng := self.headers.get("Range"):
+                if (rng := self.headers.get("Range")) and server.resume_from_zero:
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
+                elif rng:
                     start = int(rng.removeprefix("bytes=").split("-")[0])
                     if start >= len(data):
                         self.send_response(416)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import hashlib
 import shutil
 
@@ -89,6 +90,50 @@ def test_checksum_mismatch_quarantines_and_rerun_downloads_again(tmp_path, serve
     assert len(server.requests) == 2  # downloaded again, not taken from the bad copy
 
 
+def test_an_endless_stream_is_cut_off_and_not_kept(tmp_path, served, monkeypatch):
+    server, _, _ = served
+    server.endless = True
+    monkeypatch.setattr(download, "MAX_DOWNLOAD_BYTES", 3 * download.CHUNK)
+    with pytest.raises(PetsegError, match=r"/images.tar.gz: the server sent over 3 MiB, more than any dataset archive"):
+        fetch_archive(server.url, "images.tar.gz", tmp_path, None)
+    assert len(server.requests) == 1  # refused, not retried
+    assert (tmp_path / "images.tar.gz.part").stat().st_size == 0 and not (tmp_path / "images.tar.gz").exists()
+
+
+def test_a_resume_answered_from_another_offset_starts_over(tmp_path, served):
+    server, archives, digests = served
+    server.resume_from_zero = True  # the whole file again, labelled as the rest of it
+    data = (archives / "images.tar.gz").read_bytes()
+    (tmp_path / "images.tar.gz.part").write_bytes(data[:5000])
+    path, _ = fetch_archive(server.url, "images.tar.gz", tmp_path, Checksum("sha256", digests["images.tar.gz"]))
+    assert path.read_bytes() == data
+    assert [r["range"] for r in server.requests] == ["bytes=5000-", None]
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_arrived(tmp_path, served, monkeypatch):
+    server, _, _ = served
+    real_open = download.Path.open
+
+    def filling(path, mode="r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        if path.name.endswith(".part") and "b" in mode and mode != "rb":
+            writes = handle.write
+
+            def write(block):
+                if handle.tell() + len(block) > 6000:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return writes(block)
+
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(download.Path, "open", filling)
+    monkeypatch.setattr(download, "CHUNK", 4000)
+    with pytest.raises(PetsegError, match=r"^http://\S+/images.tar.gz: disk full after 4000 bytes; free space and"):
+        fetch_archive(server.url, "images.tar.gz", tmp_path, None)
+    assert len(server.requests) == 1 and (tmp_path / "images.tar.gz.part").stat().st_size == 4000
+
+
 def test_http_404_is_one_clear_error(tmp_path, served):
     server, _, _ = served
     with pytest.raises(PetsegError, match=r"/missing.tar.gz: HTTP 404 .* \(check prepare.source\)"):
@@ -99,7 +144,8 @@ def test_unreachable_server_is_one_clear_error(tmp_path):
     with pytest.raises(PetsegError, match=r"download failed after 3 attempts") as err:
         fetch_archive("http://127.0.0.1:9", "images.tar.gz", tmp_path, None)
     assert str(err.value).endswith(
-        "rerun to resume; offline? point prepare.source at a local copy of the two archives, or run `make repro-cpu`"
+        "rerun to resume; offline? point prepare.source at a local copy of the two archives (the default, sample, is "
+        "bundled)"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -29,6 +30,37 @@ CHUNK = 1 << 20
 ATTEMPTS = 3
 RETRY_WAIT_S = 1.0
 TIMEOUT_S = 60
+# Far beyond any dataset archive: a server that streams on without end is cut off here, not when the disk is full.
+MAX_DOWNLOAD_BYTES = 16 * 2**30
+
+
+def _resumed_at(resp) -> int | None:
+    """Where a 206 answer's body starts by its Content-Range (-1: unreadable), or None for a whole file."""
+    if resp.status != 206:
+        return None
+    first = (resp.headers.get("Content-Range") or "").removeprefix("bytes ").split("-")[0]
+    return int(first) if first.isdigit() else -1
+
+
+def _receive(resp, writer, bar, url: str, start: int) -> None:
+    """The body into ``writer``; an endless stream or a full disk is one error, not retried."""
+    received = start
+    while block := resp.read(CHUNK):
+        received += len(block)
+        if received > MAX_DOWNLOAD_BYTES:
+            writer.truncate(0)  # nothing of it is worth keeping
+            raise PetsegError(
+                f"{url}: the server sent over {MAX_DOWNLOAD_BYTES / 2**20:g} MiB, more than any dataset archive; "
+                "refused (check prepare.source)"
+            )
+        try:
+            writer.write(block)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                kept = received - len(block)
+                raise PetsegError(f"{url}: disk full after {kept} bytes; free space and rerun to resume") from None
+            raise
+        bar.update(len(block))
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,9 @@ def _http_download(url: str, part: Path) -> None:
             headers["Range"] = f"bytes={have}-"
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S) as resp:
+                if have and _resumed_at(resp) not in (None, have):  # not the rest of our part: start over
+                    part.unlink()
+                    raise http.client.HTTPException(f"the server resumed at {resp.headers.get('Content-Range')}")
                 resumed = have > 0 and resp.status == 206
                 length = int(resp.headers.get("Content-Length") or 0)
                 start = have if resumed else 0
@@ -124,9 +159,7 @@ def _http_download(url: str, part: Path) -> None:
                         unit="B",
                         unit_scale=True,
                     )
-                    while block := resp.read(CHUNK):
-                        writer.write(block)
-                        bar.update(len(block))
+                    _receive(resp, writer, bar, url, start)
                     bar.close()
                 if length and part.stat().st_size != start + length:
                     raise http.client.IncompleteRead(b"", start + length - part.stat().st_size)
@@ -145,7 +178,7 @@ def _http_download(url: str, part: Path) -> None:
     reason = getattr(last_error, "reason", None) or last_error or "unknown error"
     hint = "rerun to resume"
     if isinstance(last_error, URLError) and not isinstance(last_error, HTTPError):
-        hint += "; offline? point prepare.source at a local copy of the two archives, or run `make repro-cpu`"
+        hint += "; offline? point prepare.source at a local copy of the two archives (the default, sample, is bundled)"
     raise PetsegError(f"{url}: download failed after {ATTEMPTS} attempts ({reason}); {got} bytes kept, {hint}")
 
 
