@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
             state = trainer.fit(pipeline.PREPARED_DIR, paths, tracker)
             if not context.is_main:
                 return
-            # The checkpoint as a file: the model that leaves the pipeline is evaluate's logged pyfunc, and logging
-            # it here as an MLflow model too (a torch.export trace) cost 3.5 s of every training stage.
+            # The checkpoint as a file: the model that leaves the pipeline is evaluate's logged pyfunc; logging it
+            # here as an MLflow model too would add a torch.export trace to every training stage.
             tracker.log_artifacts([*write_training_reports(state, name, reports_dir), paths.best])
             best = next(row for row in state.history if row["epoch"] == state.best_epoch)
             tracker.log_metrics({"saved_epoch": state.best_epoch, "saved_val_dice": best["val_dice"]})

@@ -42,7 +42,8 @@ def evaluate_loader(
     model.eval()
     started = time.perf_counter()
     # Kept on the device until the end: reading them per batch would sync a GPU on every batch.
-    counts, bands, plain_counts, loss_sum, seen = [], [], [], torch.zeros((), dtype=torch.float64, device=device), 0
+    counts, bands, plain_counts = [], [], []
+    loss_sum, seen = torch.zeros((), dtype=torch.float64, device=device), 0
     for images, masks in progress(loader, desc=desc, unit=" batch"):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with autocast_context(device, amp):

@@ -36,8 +36,8 @@ def mask_at_size(probability: np.ndarray, width: int, height: int, threshold: fl
 
 
 def shrunk(where: np.ndarray, steps: int) -> np.ndarray:
-    """The boolean HxW ``where`` eroded ``steps`` times by its 4 neighbours. In NumPy rather than with the max-pool
-    erosion of `metrics.outline_band`: for a 2048 px overlay's outline and rim that took 1.0 s here, this 0.08 s."""
+    """The boolean HxW ``where`` eroded ``steps`` times by its 4 neighbours, in NumPy: boolean shifts, much cheaper
+    than the max-pool erosion of `metrics.outline_band` on a 2048 px overlay, and no PyTorch."""
     inner = where
     for _ in range(steps):
         step = inner.copy()
