@@ -27,7 +27,7 @@ def dice_per_image(predictor: Backend, images: np.ndarray, masks: np.ndarray, ba
     counts = []
     for start in range(0, len(images), batch_size):
         probabilities = predictor.probabilities(np.asarray(images[start : start + batch_size]))
-        truth = torch.from_numpy(np.asarray(masks[start : start + batch_size]))
+        truth = torch.from_numpy(np.array(masks[start : start + batch_size]))  # a copy: a memmap is read-only
         counts.append(confusion_counts(torch.from_numpy(probabilities > predictor.threshold), truth, IGNORE))
     return summarize(torch.cat(counts))["dice_per_image"]
 
