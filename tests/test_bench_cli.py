@@ -116,7 +116,7 @@ def test_bench_infer_and_baseline_report_ratios(project, synthetic_tree, synthet
     assert infer["images"] == 32 and infer["model"] == "unet" and set(infer["sizes"]) == {"32", "64"}
     assert infer["test_images"] == len(PreparedSplit(project / "data" / "prepared", "test"))
     for rows in infer["sizes"].values():
-        assert list(rows) == ["torch", "onnxruntime", "onnxruntime-int8"]
+        assert set(rows) == {"torch", "onnxruntime", "onnxruntime-int8"}
         for row in rows.values():
             assert set(row) == {"file_mb", "model_img_s", "predict_img_s", "dice_per_image"}
             assert row["model_img_s"] > 0 and row["predict_img_s"] > 0 and 0 <= row["dice_per_image"] <= 1

@@ -23,7 +23,7 @@ from PIL import Image
 
 from petseg.cli import main as petseg_main
 from petseg.data.dataset import PreparedSplit
-from petseg.deploy import pyfunc
+from petseg.deploy import pyfunc, quantize
 from petseg.deploy.gate import promote
 from petseg.deploy.onnx_export import export_onnx, parity
 from petseg.deploy.onnx_runtime import OnnxPredictor
@@ -55,6 +55,42 @@ def test_export_writes_onnx_that_agrees_with_pytorch(exported):
         assert report["opset"] == 18 and report["images"] == 8
         assert report["max_abs_logit_diff"] <= 1e-4 and report["mask_agreement"] >= 0.9999
         assert (exported / "models" / f"{name}.onnx").stat().st_size > 10_000
+        int8 = report["int8"]
+        assert int8["calibration_images"] == len(PreparedSplit(exported / "data" / "prepared", "valid"))
+        assert int8["test_images"] == len(PreparedSplit(exported / "data" / "prepared", "test"))
+        assert int8["kept"] == (int8["fp32_dice_per_image"] - int8["int8_dice_per_image"] <= 0.005)
+        quantized = OnnxPredictor(exported / "models" / f"{name}.int8.onnx", check_gate=False)
+        assert quantized.precision == "int8" and quantized.tta == "hflip" and quantized.threshold == 0.5
+        size = (exported / "models" / f"{name}.int8.onnx").stat().st_size
+        assert size < (exported / "models" / f"{name}.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("name", ["unet", "res34"])
+def test_every_backend_masks_the_test_photos_as_pytorch_does(exported, name):
+    """fp32 and int8 exports against the PyTorch checkpoint, on every test photo: >= 99.5 % of pixels the same."""
+    photos = np.asarray(PreparedSplit(exported / "data" / "prepared", "test").images)
+    eager = Predictor(exported / "models" / f"{name}.pt")
+    expected = eager.probabilities(photos) > eager.threshold
+    for file in (f"{name}.onnx", f"{name}.int8.onnx"):
+        backend = OnnxPredictor(exported / "models" / file, check_gate=False)
+        agreement = np.mean((backend.probabilities(photos) > backend.threshold) == expected)
+        assert agreement >= 0.995, f"{file}: masks agree on {agreement:.4%} of pixels"
+
+
+def test_an_int8_export_below_its_gate_is_written_but_refused_when_served(exported, tmp_path, monkeypatch, capsys):
+    prepared = exported / "data" / "prepared"
+    valid, test = PreparedSplit(prepared, "valid"), PreparedSplit(prepared, "test")
+    scores = iter([0.80, 0.79])  # fp32, then int8: 0.01 below
+    monkeypatch.setattr(quantize, "dice_per_image", lambda predictor, images, masks: next(scores))
+    out = tmp_path / "res34.int8.onnx"
+    report = quantize.quantize_int8(exported / "models" / "res34.onnx", out, valid.images, test.images, test.masks)
+    assert report["kept"] is False and report["dice_drop"] == pytest.approx(0.01)
+    expected = f"{out}: refused: its accuracy gate failed (test Dice 0.0100 below the fp32 export's); serve the fp32"
+    with pytest.raises(PetsegError) as err:
+        OnnxPredictor(out)
+    assert str(err.value).startswith(expected)
+    assert petseg_main(["predict", "--model", str(out), "--out", str(tmp_path / "masks"), str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"petseg: error: {expected}")
 
 
 def with_serving(checkpoint: Path, out: Path, **serving) -> Path:

@@ -80,7 +80,8 @@ def test_prepare_refuses_to_start_without_disk_space(tmp_path, synthetic_tree, m
             synthetic_tree / "images",
             synthetic_tree / "annotations",
             tmp_path / "out",
-            prepare_config(image_size=512, workers=1),
+            prepare_config(image_size=512),
+            workers=1,
         )
     assert not (tmp_path / "out").exists()
 
