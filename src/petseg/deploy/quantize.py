@@ -1,7 +1,7 @@
 """Static int8 quantization of an exported model (ONNX Runtime's QDQ format, per-channel weights, symmetric
-activation ranges), calibrated on photos of the validation split, and its accuracy gate: test Dice per image within :data:`MAX_DICE_DROP` of the
-fp32 export's, measured before the file is written. A file that fails the gate is marked so in its metadata and
-refused by :class:`~petseg.deploy.onnx_runtime.OnnxPredictor`."""
+activation ranges), calibrated on photos of the validation split, and its accuracy gate: test Dice per image within
+:data:`MAX_DICE_DROP` of the fp32 export's, measured before the file is written. A file that fails the gate is marked
+so in its metadata and refused by :class:`~petseg.deploy.onnx_runtime.OnnxPredictor`."""
 
 from __future__ import annotations
 
