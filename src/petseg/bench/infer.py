@@ -22,8 +22,6 @@ from petseg.evaluation.predict import collect_inputs, predict_paths
 from petseg.evaluation.predictor import Predictor
 from petseg.fileio import write_json
 
-FIGURES = ("file_mb", "model_img_s", "predict_img_s", "dice_per_image")
-
 
 def _model_only(predictor, batch: np.ndarray, batches: int):
     def run() -> int:
@@ -47,16 +45,19 @@ def _at_size(split: PreparedSplit, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(images), np.stack(masks)
 
 
-def _backends(checkpoint: Path, size: int, valid: np.ndarray, tmp: Path, test: tuple) -> tuple[dict, dict]:
-    """({backend: predictor}, {backend: file}) at ``size``: PyTorch eager, ONNX Runtime fp32 and int8 (calibrated on
-    the validation photos; shown whether or not it passes the export stage's gate)."""
+def _backends(checkpoint: Path, size: int, valid: np.ndarray, tmp: Path, test: tuple) -> tuple[dict, dict, dict]:
+    """({backend: predictor}, {backend: file}, {backend: test Dice}) at ``size``: PyTorch eager, ONNX Runtime fp32 and
+    int8 (calibrated on the validation photos; shown whether or not it passes the export stage's gate, whose report
+    already holds both ONNX files' Dice)."""
     eager = Predictor(checkpoint, "cpu")
     eager.image_size = size  # every backend resizes the photos to this size
     fp32, int8 = tmp / f"model-{size}.onnx", tmp / f"model-{size}.int8.onnx"
     export_onnx(checkpoint, fp32, valid[:2], size)
-    quantize_int8(fp32, int8, valid, *test)
+    gate = quantize_int8(fp32, int8, valid, *test)
     predictors = {"torch": eager, "onnxruntime": OnnxPredictor(fp32), "onnxruntime-int8": OnnxPredictor(int8, False)}
-    return predictors, {"torch": checkpoint, "onnxruntime": fp32, "onnxruntime-int8": int8}
+    dice = {"torch": dice_per_image(eager, *test), "onnxruntime": gate["fp32_dice_per_image"]}
+    dice["onnxruntime-int8"] = gate["int8_dice_per_image"]
+    return predictors, {"torch": checkpoint, "onnxruntime": fp32, "onnxruntime-int8": int8}, dice
 
 
 def bench_infer(checkpoint: Path, images: Path, prepared: Path, batch_size: int, sizes: list[int]) -> dict:
@@ -70,7 +71,8 @@ def bench_infer(checkpoint: Path, images: Path, prepared: Path, batch_size: int,
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         for size in sizes:
             test = _at_size(test_split, size)
-            predictors, model_files = _backends(checkpoint, size, _at_size(valid_split, size)[0], Path(tmp), test)
+            valid = _at_size(valid_split, size)[0]
+            predictors, model_files, dice = _backends(checkpoint, size, valid, Path(tmp), test)
             result["model"] = predictors["torch"].name
             batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
             batches = max(1, len(files) // batch_size)
@@ -81,14 +83,12 @@ def bench_infer(checkpoint: Path, images: Path, prepared: Path, batch_size: int,
             runs = (_end_to_end(p, images, out, batch_size) for p, out in zip(predictors.values(), outs, strict=True))
             predict_rates = best_interleaved(*runs, rounds=2)
             rows = {}
-            for (name, predictor), model_rate, predict_rate in zip(
-                predictors.items(), model_rates, predict_rates, strict=True
-            ):
+            for name, model_rate, predict_rate in zip(predictors, model_rates, predict_rates, strict=True):
                 rows[name] = {
                     "file_mb": model_files[name].stat().st_size / 2**20,
                     "model_img_s": model_rate,
                     "predict_img_s": predict_rate,
-                    "dice_per_image": dice_per_image(predictor, *test),
+                    "dice_per_image": dice[name],
                 }
             result["sizes"][str(size)] = {b: {k: significant(v) for k, v in row.items()} for b, row in rows.items()}
     _print_table(result)

@@ -68,7 +68,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray, test_images: n
         except Exception as err:  # the quantizer raises its own error types
             raise PetsegError(f"{fp32}: int8 quantization failed ({first_line(err)})") from None
         model = onnx.load(str(quantized))
-        source_meta = [(p.key, p.value) for p in onnx.load(str(fp32), load_external_data=False).metadata_props]
+        source_meta = list(source.session.get_modelmeta().custom_metadata_map.items())
         _set_metadata(model, [*source_meta, ("petseg.precision", "int8")])
         onnx.save(model, str(quantized))
         report = {"fp32_dice_per_image": dice_per_image(source, test_images, test_masks)}
