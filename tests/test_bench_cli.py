@@ -193,6 +193,22 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
     )
 
 
+def test_bench_accuracy_without_the_reference_trains_petseg_alone_on_each_fold(
+    tmp_path, synthetic_archives, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(accuracy, "train_reference", lambda *args: pytest.fail("the reference was trained"))
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
+    recipe = ["--set", "train.res34.batch_size=4", "--set", "train.res34.warmup_epochs=0"]
+    assert petseg_main([*args, "--budget", "1", "--folds", "2", "--no-reference", *PARAMS, *recipe]) == 0
+    result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32-2fold-petseg.json").read_text())
+    assert [run["on"] for run in result["runs"]] == ["fold 1/2", "fold 2/2"]
+    assert all(set(run) == {"seed", "on", "petseg"} for run in result["runs"]) and "reference" not in result
+    dices = [run["petseg"]["dice_per_image"] for run in result["runs"]]
+    assert result["petseg"]["dice_per_image"] == pytest.approx(sum(dices) / 2)
+    assert "petseg over 2 runs: mean test Dice per image" in capsys.readouterr().out
+
+
 def test_folds_never_mix_photos_and_leave_the_test_split_out(tmp_path, prepared_project):
     prepared = prepared_project / "data" / "prepared"
     trainval = {row["name"] for split in ("train", "valid") for row in read_split_csv(list_path(prepared, split))}

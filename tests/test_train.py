@@ -15,6 +15,7 @@ from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, non_finite_count
 from petseg.runtime import autocast_context, native_amp
+from petseg.training.loaders import progressive_size
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
 from petseg.training.reports import epoch_line, write_training_reports
@@ -52,7 +53,7 @@ def test_stage_writes_every_output(project, name):
     assert 0 <= metrics["val_dice"] <= 1 and metrics["epochs_run"] == epochs
     assert set(json.loads((out / "timing.json").read_text())) == {"total_seconds", "images_per_second"}
     history = (out / "history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,lr,epoch_seconds,images_per_second"
+    assert history[0] == "epoch,train_loss,lr,augment_strength,epoch_seconds,images_per_second"
     assert len(history) == 1 + epochs
     validation = (out / "validation.csv").read_text().splitlines()
     assert validation[0] == "epoch,val_loss,val_dice,val_iou" and len(validation) == 1 + epochs
@@ -400,3 +401,37 @@ def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, 
         assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16
     with pytest.raises(KeyError):  # resolve "auto" first: an unresolved one must not turn into fp16
         autocast_context(cpu, "auto")
+
+
+@pytest.mark.parametrize(("full_strength_epochs", "strength"), [(0, 1.0), (4, 0.5), (2, 1.0)])
+def test_augmentation_strength_follows_the_epochs_the_run_trains(project, capsys, full_strength_epochs, strength):
+    overrides = {"train": {"common": {"augment": {"full_strength_epochs": full_strength_epochs}}}}
+    state, _ = run_training(project, overrides=overrides)  # 2 epochs
+    assert [row["augment_strength"] for row in state.history] == [strength, strength]
+    lines = re.findall(r"train_unet: epoch \d/2 .*", capsys.readouterr().out)
+    assert len(lines) == 2 and all(("augment x0.50 " in line) == (strength < 1) for line in lines)
+
+
+def test_under_a_time_budget_the_planned_epochs_come_from_the_speed_so_far():
+    overrides = {"train": {"common": {"max_minutes": 1.0}, "unet": {"epochs": 0}}}
+    trainer = Trainer("unet", make_params(overrides))
+    assert trainer.planned_epochs() == math.inf  # before the first epoch: unknown
+    trainer.state = TrainState(epoch=5, elapsed_seconds=10.0)
+    assert trainer.planned_epochs() == pytest.approx(30.0)  # 5 done in 10 s, 50 s left at 2 s each
+    trainer.state = TrainState(epoch=8, elapsed_seconds=61.0)
+    assert trainer.planned_epochs() == 8  # the budget is spent
+    capped = Trainer("unet", make_params(overrides | {"train": {"unet": {"epochs": 12}}}))
+    capped.state = TrainState(epoch=5, elapsed_seconds=10.0)
+    assert capped.planned_epochs() == 12  # the epochs end it before the budget would
+
+
+def test_progressive_resizing_trains_small_first_by_epochs_or_by_the_budget():
+    common = make_params({"train": {"common": {"progressive_scale": 0.5, "progressive_until": 0.3}}}).train.common
+    assert [progressive_size(128, common, p) for p in (0.0, 0.29, 0.3, 0.9)] == [64, 64, 0, 0]
+    assert progressive_size(32, common, 0.0) == 0  # never below 32 px, nor at the prepared size itself
+    assert progressive_size(96, common, 0.0) == 64  # a multiple of 32
+    budget = {"train": {"common": {"max_minutes": 1.0}, "unet": {"epochs": 10}}}
+    trainer = Trainer("unet", make_params(budget))
+    assert trainer._progress(2) == pytest.approx(0.1)  # 1 of 10 epochs done
+    trainer.state = TrainState(epoch=1, elapsed_seconds=30.0)
+    assert trainer._progress(2) == pytest.approx(0.5)  # half the budget spent: the budget ends it first

@@ -133,3 +133,23 @@ def test_device_crop_zooms_in_like_the_loader_crop():
     _, out_masks = on_device(cfg, images, masks)
     pet_fraction = (out_masks == 1).float().mean((1, 2, 3))
     assert torch.all(pet_fraction > masks.float().mean() * 1.5)  # area 1/16 seen through a crop of 1/4 .. 1/2
+
+
+def test_scaled_augmentation_weakens_every_magnitude_but_the_flip():
+    cfg = augment_config(hflip=0.5, rotation=20.0, crop_scale=(0.4, 0.8), translate=0.2, color_jitter=0.3)
+    assert cfg.scaled(1.0) is cfg
+    half = cfg.scaled(0.5)
+    assert (half.hflip, half.rotation, half.translate) == (0.5, 10.0, 0.1)
+    assert half.crop_scale == pytest.approx((0.7, 0.9)) and half.color_jitter == pytest.approx(0.15)
+    none = cfg.scaled(0.0)
+    assert (none.rotation, none.crop_scale, none.translate, none.color_jitter) == (0.0, (1.0, 1.0), 0.0, 0.0)
+    assert none.hflip == 0.5
+
+
+def test_augmentation_at_strength_0_without_flips_is_only_normalisation():
+    images, masks = batch(4)
+    cfg = augment_config(hflip=0.0).scaled(0.0)
+    for augment in (on_device, in_loader):
+        out_images, out_masks = augment(cfg, images, masks)
+        assert torch.equal(out_masks, masks)
+        torch.testing.assert_close(out_images, images.float() / 127.5 - 1, atol=1e-5, rtol=0)  # identity grid

@@ -71,7 +71,22 @@ class AugmentConfig:
     crop_scale: tuple[float, float]  # RandomResizedCrop area range
     translate: float  # max shift as a fraction of the size
     color_jitter: float  # brightness/contrast/saturation strength
+    full_strength_epochs: int  # the magnitudes scale with the epochs a run trains: in full from this many; 0 = always
     on_device: bool  # augment whole batches on the training device (GPU) instead of in loader workers
+
+    def scaled(self, strength: float) -> AugmentConfig:
+        """These augmentations with every magnitude times ``strength`` (0-1); the flip is free and stays as it is."""
+        if strength >= 1:
+            return self
+        low, high = self.crop_scale
+        crop = (1 - (1 - low) * strength, 1 - (1 - high) * strength)
+        return dataclasses.replace(
+            self,
+            rotation=self.rotation * strength,
+            crop_scale=crop,
+            translate=self.translate * strength,
+            color_jitter=self.color_jitter * strength,
+        )
 
     def validate(self, key: str) -> None:
         _check(0 <= self.hflip <= 1, f"{key}.hflip", "a probability in [0, 1]", self.hflip)
@@ -80,6 +95,8 @@ class AugmentConfig:
         _check(0 < low <= high <= 1, f"{key}.crop_scale", "[low, high] with 0 < low <= high <= 1", self.crop_scale)
         _check(0 <= self.translate < 1, f"{key}.translate", "a fraction in [0, 1)", self.translate)
         _check(0 <= self.color_jitter < 1, f"{key}.color_jitter", "in [0, 1)", self.color_jitter)
+        full = self.full_strength_epochs
+        _check(full >= 0, f"{key}.full_strength_epochs", ">= 0 (0 = always in full)", full)
 
 
 @dataclass(frozen=True)

@@ -83,22 +83,28 @@ def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: s
     return out
 
 
-def compare_once(model_name: str, data: Path, budget_s: float, params: Params, seed: int) -> dict:
-    """Both recipes trained for ``budget_s`` each on ``data``'s train split with ``seed``, scored on its test split."""
+def compare_once(
+    model_name: str, data: Path, budget_s: float, params: Params, seed: int, with_reference: bool = True
+) -> dict:
+    """Both recipes (or petseg's alone) trained for ``budget_s`` each on ``data``'s train split with ``seed``, scored
+    on its test split."""
     common = dataclasses.replace(params.train.common, seed=seed)
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common))
-    reference, reference_run = train_reference(model_name, data, budget_s, seed)
+    boundary_px, sides = params.evaluate.boundary_px, {"seed": seed}
+    # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
+    # checkpoint would be (train.common.tta and threshold).
+    if with_reference:
+        reference, reference_run = train_reference(model_name, data, budget_s, seed)
+        sides["reference"] = test_scores(reference, data, boundary_px, "none", 0.5) | reference_run
     ours = Trainer(model_name, params)
     with tempfile.TemporaryDirectory(prefix="petseg-bench-run-") as tmp:
         state = ours.fit(data, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
     per_epoch = len(PreparedSplit(data, "train")) // ours.batch_size * ours.batch_size
-    boundary_px = params.evaluate.boundary_px
-    # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
-    # checkpoint would be (train.common.tta and threshold).
-    sides = {"reference": test_scores(reference, data, boundary_px, "none", 0.5) | reference_run}
     sides["petseg"] = test_scores(ours.best_model(), data, boundary_px, common.tta, common.threshold)
     sides["petseg"] |= _trained(state.epoch, per_epoch, state.elapsed_seconds)
-    return sides | {"seed": seed, "dice_gain": sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]}
+    if with_reference:
+        sides["dice_gain"] = sides["petseg"]["dice_per_image"] - sides["reference"]["dice_per_image"]
+    return sides
 
 
 SIDE_FIGURES = ("dice_per_image", "dice_dataset", "epochs", "images_seen", "images_per_second")
@@ -113,11 +119,18 @@ def _summary(runs: list[dict], side: str) -> dict:
 
 
 def bench_accuracy(
-    source: Path, model_name: str, budget_s: float, params: Params, runs: int = 1, folds: int = 0
+    source: Path,
+    model_name: str,
+    budget_s: float,
+    params: Params,
+    runs: int = 1,
+    folds: int = 0,
+    with_reference: bool = True,
 ) -> dict:
-    """Both recipes for ``budget_s`` of training each on ``params.prepare``'s split of ``source``, ``runs`` times
-    with seeds seed, seed + 1, ...; scored on the test split, or with ``folds`` on each of that many disjoint parts
-    of the trainval photos (the test split untouched, for tuning). JSON and a table."""
+    """Both recipes (or, ``with_reference`` False, petseg's alone: enough to compare its settings) for ``budget_s``
+    of training each on ``params.prepare``'s split of ``source``, ``runs`` times with seeds seed, seed + 1, ...;
+    scored on the test split, or with ``folds`` on each of that many disjoint parts of the trainval photos (the test
+    split untouched, for tuning). JSON and a table."""
     common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
     until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=0)}
@@ -135,15 +148,17 @@ def bench_accuracy(
             targets = [(f"fold {k + 1}/{folds}", path) for k, path in enumerate(made)]
         for run in range(runs):
             for label, data in targets:
-                results.append(compare_once(model_name, data, budget_s, params, common.seed + run) | {"on": label})
+                result = compare_once(model_name, data, budget_s, params, common.seed + run, with_reference)
+                results.append(result | {"on": label})
     return _report(model_name, params.prepare.image_size, budget_s, results, folds)
 
 
 def _report(model_name: str, size: int, budget_s: float, results: list[dict], folds: int) -> dict:
+    sides = [side for side in ("reference", "petseg") if side in results[0]]
     rows = []
     for result in results:
         where = f"seed {result['seed']}, {result['on']}"
-        for side in ("reference", "petseg"):
+        for side in sides:
             figures = result[side]
             rows.append((f"{where}: {side} test Dice per image", figures["dice_per_image"], ""))
             rows.append((f"{where}: {side} epochs / images seen", figures["epochs"], f"/ {figures['images_seen']}"))
@@ -152,15 +167,25 @@ def _report(model_name: str, size: int, budget_s: float, results: list[dict], fo
             rows.append(
                 (f"{where}: petseg test Dice per image without TTA", result["petseg"]["dice_per_image_no_tta"], "")
             )
-        rows.append((f"{where}: petseg - reference, test Dice per image", result["dice_gain"], ""))
-    gains = [result["dice_gain"] for result in results]
-    rows += [
-        (f"petseg - reference over {len(results)} comparisons: mean", float(np.mean(gains)), ""),
-        ("  lowest", min(gains), ""),
-        ("  highest", max(gains), ""),
-    ]
-    summary = {"reference": _summary(results, "reference"), "petseg": _summary(results, "petseg")}
+        if "dice_gain" in result:
+            rows.append((f"{where}: petseg - reference, test Dice per image", result["dice_gain"], ""))
     details = {"model": model_name, "size": size, "budget_s": budget_s, "folds": folds, "runs": results}
-    details |= {"dice_gain": float(np.mean(gains)), "dice_gain_min": min(gains), "dice_gain_max": max(gains)}
-    name = f"accuracy-{model_name}-{size}" + (f"-{folds}fold" if folds else "")
-    return report(name, rows, details | summary)
+    details |= {side: _summary(results, side) for side in sides}
+    if "reference" in sides:
+        gains = [result["dice_gain"] for result in results]
+        rows += [
+            (f"petseg - reference over {len(results)} comparisons: mean", float(np.mean(gains)), ""),
+            ("  lowest", min(gains), ""),
+            ("  highest", max(gains), ""),
+        ]
+        details |= {"dice_gain": float(np.mean(gains)), "dice_gain_min": min(gains), "dice_gain_max": max(gains)}
+    else:
+        rows.append(
+            (f"petseg over {len(results)} runs: mean test Dice per image", details["petseg"]["dice_per_image"], "")
+        )
+    name = (
+        f"accuracy-{model_name}-{size}"
+        + (f"-{folds}fold" if folds else "")
+        + ("" if "reference" in sides else "-petseg")
+    )
+    return report(name, rows, details)

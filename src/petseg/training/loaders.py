@@ -10,27 +10,39 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from petseg.config import ModelTrainConfig, TrainCommonConfig
 from petseg.data.dataset import PreparedSplit
-from petseg.data.device_augment import BatchTransform, training_augmentation
+from petseg.data.device_augment import DeviceAugment, training_augmentation
 from petseg.data.transforms import eval_transforms
 from petseg.errors import PetsegError
 from petseg.models import normalization
 from petseg.training.distributed import Context
 
 
-def training_datasets(
-    prepared_dir: Path, size: int, name: str, cfg: ModelTrainConfig, common: TrainCommonConfig
-) -> tuple[PreparedSplit, PreparedSplit, BatchTransform | None]:
-    """(train set, valid set, on-device augmentation or None); too few samples is one line."""
-    mean, std = normalization(cfg.model_params())
-    train_transform, device_augment = training_augmentation(common.augment, size, mean, std)
-    train_set = PreparedSplit(prepared_dir, "train", train_transform)
-    valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(mean, std))
+def training_datasets(prepared_dir: Path, name: str, cfg: ModelTrainConfig) -> tuple[PreparedSplit, PreparedSplit]:
+    """(train set, valid set as evaluation sees it); the train set's augmentation is set per epoch
+    (:func:`epoch_augmentation`). Too few samples is one line."""
+    train_set = PreparedSplit(prepared_dir, "train")
+    valid_set = PreparedSplit(prepared_dir, "valid", eval_transforms(*normalization(cfg.model_params())))
     if len(train_set) < cfg.batch_size or len(valid_set) == 0:
         raise PetsegError(
             f"{prepared_dir}: {len(train_set)} train / {len(valid_set)} valid samples, too few for "
             f"train.{name}.batch_size {cfg.batch_size}; check reports/prepare.json"
         )
-    return train_set, valid_set, device_augment
+    return train_set, valid_set
+
+
+def augment_strength(full_strength_epochs: int, planned_epochs: float) -> float:
+    """How strongly (0-1) a run of ``planned_epochs`` augments: a short run cannot afford to fit harder data."""
+    return min(1.0, planned_epochs / full_strength_epochs) if full_strength_epochs else 1.0
+
+
+def epoch_augmentation(
+    train_set: PreparedSplit, cfg: ModelTrainConfig, common: TrainCommonConfig, size: int, strength: float
+) -> DeviceAugment | None:
+    """Augment ``train_set`` at ``strength`` for the next epoch: in its loader (sets its transform), or returns the
+    batch augmentation to run on the device (``augment.on_device``)."""
+    mean, std = normalization(cfg.model_params())
+    train_set.transform, device_augment = training_augmentation(common.augment.scaled(strength), size, mean, std)
+    return device_augment
 
 
 def downsized(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

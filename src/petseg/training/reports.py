@@ -51,8 +51,10 @@ def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: 
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
     of = f"/{epochs}" if epochs else ""  # 0: until the time budget
     budget = f" ({state.elapsed_seconds / 60:.1f}/{budget_s / 60:g} min)" if budget_s else ""
+    strength = row.get("augment_strength", 1.0)
+    augment = f"augment x{strength:.2f} " if strength < 1 else ""
     return (
-        f"epoch {row['epoch']}{of}{budget} train_loss {row['train_loss']:.4f} {scores}"
+        f"epoch {row['epoch']}{of}{budget} train_loss {row['train_loss']:.4f} {scores}{augment}"
         f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
         + (" *best" if state.best_epoch == row["epoch"] else "")
     )

@@ -17,7 +17,7 @@ from petseg.schema import to_flat_dict
 from petseg.tracking import library_versions
 
 # history.csv: every epoch; validation.csv: the validated ones (no empty cells, which DVC's charts would draw as 0).
-HISTORY_FIELDS = ("epoch", "train_loss", "lr", "epoch_seconds", "images_per_second")
+HISTORY_FIELDS = ("epoch", "train_loss", "lr", "augment_strength", "epoch_seconds", "images_per_second")
 VALIDATION_FIELDS = ("epoch", "val_loss", "val_dice", "val_iou")
 
 

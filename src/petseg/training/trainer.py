@@ -29,7 +29,14 @@ from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import non_finite_count, save_checkpoint
 from petseg.progress import progress
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
-from petseg.training.loaders import downsized, progressive_size, sharded_loader, training_datasets
+from petseg.training.loaders import (
+    augment_strength,
+    downsized,
+    epoch_augmentation,
+    progressive_size,
+    sharded_loader,
+    training_datasets,
+)
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
@@ -229,14 +236,20 @@ class Trainer:
         by_epochs = (epoch - 1) / self.cfg.epochs if self.cfg.epochs else 0.0
         return max(by_epochs, self.state.elapsed_seconds / self.budget_s if self.budget_s else 0.0)
 
+    def planned_epochs(self) -> float:
+        """The epochs this run will train as far as known now: ``epochs``, or under a time budget the epochs done
+        plus those the rest of it allows at the speed so far (unknown, inf, before a budget-only run's first)."""
+        planned, done, spent = float(self.cfg.epochs or math.inf), self.state.epoch, self.state.elapsed_seconds
+        if self.budget_s and done:
+            planned = min(planned, done + max(0.0, self.budget_s - spent) * done / spent)
+        return planned
+
     def fit(self, prepared_dir: Path, paths: TrainPaths, tracker=None) -> TrainState:
         """Train to ``epochs`` (or an early stop or the time budget), with resume points every ``checkpoint_minutes``
         and after the last epoch; writes the best model at the end."""
         meta = read_meta(prepared_dir)
         self.image_size = meta["image_size"]
-        train_set, valid_set, device_augment = training_datasets(
-            prepared_dir, self.image_size, self.name, self.cfg, self.common
-        )
+        train_set, valid_set = training_datasets(prepared_dir, self.name, self.cfg)
         valid_loader = sharded_loader(valid_set, self.batch_size, self.context, self.workers, self.pin_memory)
         point = self.resume_point = ResumePoint(
             paths.last, run_fingerprint(self.name, self.params, meta), self.params.resources.checkpoint_minutes
@@ -255,6 +268,8 @@ class Trainer:
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
+            strength = augment_strength(self.common.augment.full_strength_epochs, self.planned_epochs())
+            device_augment = epoch_augmentation(train_set, self.cfg, self.common, self.image_size, strength)
             loader, epoch_seed = self._epoch_loader(train_set, sampler, epoch)
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
             self.train_size = progressive_size(self.image_size, self.common, self._progress(epoch))
@@ -268,7 +283,8 @@ class Trainer:
             if last or epoch % self.common.validate_every == 0:
                 row |= self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
-            row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
+            row |= {"lr": self.optimizer.param_groups[0]["lr"], "augment_strength": strength}
+            row["epoch_seconds"] = time.perf_counter() - started
             row["images_per_second"] = seen / train_seconds
             self.record(row)
             if last and epoch != self.cfg.epochs:
