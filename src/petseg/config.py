@@ -78,15 +78,9 @@ class AugmentConfig:
         """These augmentations with every magnitude times ``strength`` (0-1); the flip is free and stays as it is."""
         if strength >= 1:
             return self
-        low, high = self.crop_scale
-        crop = (1 - (1 - low) * strength, 1 - (1 - high) * strength)
-        return dataclasses.replace(
-            self,
-            rotation=self.rotation * strength,
-            crop_scale=crop,
-            translate=self.translate * strength,
-            color_jitter=self.color_jitter * strength,
-        )
+        crop = tuple(1 - (1 - bound) * strength for bound in self.crop_scale)
+        magnitudes = {key: getattr(self, key) * strength for key in ("rotation", "translate", "color_jitter")}
+        return dataclasses.replace(self, crop_scale=crop, **magnitudes)
 
     def validate(self, key: str) -> None:
         _check(0 <= self.hflip <= 1, f"{key}.hflip", "a probability in [0, 1]", self.hflip)
@@ -95,8 +89,7 @@ class AugmentConfig:
         _check(0 < low <= high <= 1, f"{key}.crop_scale", "[low, high] with 0 < low <= high <= 1", self.crop_scale)
         _check(0 <= self.translate < 1, f"{key}.translate", "a fraction in [0, 1)", self.translate)
         _check(0 <= self.color_jitter < 1, f"{key}.color_jitter", "in [0, 1)", self.color_jitter)
-        full = self.full_strength_epochs
-        _check(full >= 0, f"{key}.full_strength_epochs", ">= 0 (0 = always in full)", full)
+        _check(self.full_strength_epochs >= 0, f"{key}.full_strength_epochs", ">= 0", self.full_strength_epochs)
 
 
 @dataclass(frozen=True)

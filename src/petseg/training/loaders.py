@@ -36,13 +36,14 @@ def augment_strength(full_strength_epochs: int, planned_epochs: float) -> float:
 
 
 def epoch_augmentation(
-    train_set: PreparedSplit, cfg: ModelTrainConfig, common: TrainCommonConfig, size: int, strength: float
-) -> DeviceAugment | None:
-    """Augment ``train_set`` at ``strength`` for the next epoch: in its loader (sets its transform), or returns the
-    batch augmentation to run on the device (``augment.on_device``)."""
+    train_set: PreparedSplit, cfg: ModelTrainConfig, common: TrainCommonConfig, size: int, planned_epochs: float
+) -> tuple[float, DeviceAugment | None]:
+    """(strength, batch augmentation for the device or None): augment ``train_set`` for the next epoch of a run of
+    ``planned_epochs``, in its loader (sets its transform) or, with ``augment.on_device``, on the device."""
+    strength = augment_strength(common.augment.full_strength_epochs, planned_epochs)
     mean, std = normalization(cfg.model_params())
     train_set.transform, device_augment = training_augmentation(common.augment.scaled(strength), size, mean, std)
-    return device_augment
+    return strength, device_augment
 
 
 def downsized(images: torch.Tensor, masks: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:

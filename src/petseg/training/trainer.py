@@ -29,14 +29,7 @@ from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import non_finite_count, save_checkpoint
 from petseg.progress import progress
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
-from petseg.training.loaders import (
-    augment_strength,
-    downsized,
-    epoch_augmentation,
-    progressive_size,
-    sharded_loader,
-    training_datasets,
-)
+from petseg.training.loaders import downsized, epoch_augmentation, progressive_size, sharded_loader, training_datasets
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import EpochPlateau, WarmupCosine, build_optimizer, build_schedule
 from petseg.training.reports import epoch_line
@@ -239,10 +232,9 @@ class Trainer:
     def planned_epochs(self) -> float:
         """The epochs this run will train as far as known now: ``epochs``, or under a time budget the epochs done
         plus those the rest of it allows at the speed so far (unknown, inf, before a budget-only run's first)."""
-        planned, done, spent = float(self.cfg.epochs or math.inf), self.state.epoch, self.state.elapsed_seconds
-        if self.budget_s and done:
-            planned = min(planned, done + max(0.0, self.budget_s - spent) * done / spent)
-        return planned
+        done, spent = self.state.epoch, self.state.elapsed_seconds
+        by_speed = done + max(0.0, self.budget_s - spent) * done / spent if self.budget_s and done else math.inf
+        return min(float(self.cfg.epochs or math.inf), by_speed)
 
     def fit(self, prepared_dir: Path, paths: TrainPaths, tracker=None) -> TrainState:
         """Train to ``epochs`` (or an early stop or the time budget), with resume points every ``checkpoint_minutes``
@@ -268,8 +260,8 @@ class Trainer:
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
-            strength = augment_strength(self.common.augment.full_strength_epochs, self.planned_epochs())
-            device_augment = epoch_augmentation(train_set, self.cfg, self.common, self.image_size, strength)
+            planned = self.planned_epochs()
+            strength, device_augment = epoch_augmentation(train_set, self.cfg, self.common, self.image_size, planned)
             loader, epoch_seed = self._epoch_loader(train_set, sampler, epoch)
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
             self.train_size = progressive_size(self.image_size, self.common, self._progress(epoch))
@@ -278,13 +270,12 @@ class Trainer:
             except PetsegError as err:
                 raise self._diverged(str(err), paths) from None
             train_seconds = time.perf_counter() - started
-            row = {"epoch": epoch, "train_loss": loss_sum / seen}
+            row = {"epoch": epoch, "train_loss": loss_sum / seen, "augment_strength": strength}
             last = epoch == self.cfg.epochs or self.budget_spent()
             if last or epoch % self.common.validate_every == 0:
                 row |= self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
-            row |= {"lr": self.optimizer.param_groups[0]["lr"], "augment_strength": strength}
-            row["epoch_seconds"] = time.perf_counter() - started
+            row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
             if last and epoch != self.cfg.epochs:
