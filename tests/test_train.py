@@ -420,7 +420,8 @@ def test_under_a_time_budget_the_planned_epochs_come_from_the_speed_so_far():
     assert trainer.planned_epochs() == pytest.approx(30.0)  # 5 done in 10 s, 50 s left at 2 s each
     trainer.state = TrainState(epoch=8, elapsed_seconds=61.0)
     assert trainer.planned_epochs() == 8  # the budget is spent
-    capped = Trainer("unet", make_params(overrides | {"train": {"unet": {"epochs": 12}}}))
+    capped = Trainer("unet", make_params({"train": {"common": {"max_minutes": 1.0}, "unet": {"epochs": 12}}}))
+    assert capped.budget_s == 60
     capped.state = TrainState(epoch=5, elapsed_seconds=10.0)
     assert capped.planned_epochs() == 12  # the epochs end it before the budget would
 
