@@ -72,8 +72,10 @@ def test_an_archive_bomb_is_refused_by_its_headers_before_a_byte_is_written(tmp_
     with pytest.raises(PetsegError, match=r"refused member 'images/huge.jpg' of 200 MiB \(the limit for one file"):
         extract_archive(bomb, tmp_path / "out", "digest")
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr("petseg.data.extract.RATIO_FREE_BYTES", 0)  # the members now add up past the ratio
-    monkeypatch.setattr("petseg.data.extract.MAX_RATIO", 1)
-    with pytest.raises(PetsegError, match=r"refused: it unpacks to more than .* MiB \(at most 1x its packed size"):
+    # The members now add up past the ratio. Not 1x: the small synthetic archive unpacks to about its packed size, a
+    # few bytes either way depending on the tar headers' timestamps.
+    monkeypatch.setattr("petseg.data.extract.RATIO_FREE_BYTES", 0)
+    monkeypatch.setattr("petseg.data.extract.MAX_RATIO", 0.5)
+    with pytest.raises(PetsegError, match=r"refused: it unpacks to more than .* MiB \(at most 0.5x its packed size"):
         extract_archive(archive, tmp_path / "out2", "digest")
     assert not (tmp_path / "out2").exists()
