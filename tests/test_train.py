@@ -403,9 +403,14 @@ def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, 
         autocast_context(cpu, "auto")
 
 
-@pytest.mark.parametrize(("full_strength_epochs", "strength"), [(0, 1.0), (4, 0.5), (2, 1.0)])
-def test_augmentation_strength_follows_the_epochs_the_run_trains(project, capsys, full_strength_epochs, strength):
-    overrides = {"train": {"common": {"augment": {"full_strength_epochs": full_strength_epochs}}}}
+@pytest.mark.parametrize(
+    ("full_strength_epochs", "enabled", "strength"), [(0, True, 1.0), (4, True, 0.5), (2, True, 1.0), (4, False, 1.0)]
+)
+def test_augmentation_strength_follows_the_epochs_the_run_trains(
+    project, capsys, full_strength_epochs, enabled, strength
+):
+    augment = {"full_strength_epochs": full_strength_epochs, "enabled": enabled}
+    overrides = {"train": {"common": {"augment": augment}}}
     state, _ = run_training(project, overrides=overrides)  # 2 epochs
     assert [row["augment_strength"] for row in state.history] == [strength, strength]
     lines = re.findall(r"train_unet: epoch \d/2 .*", capsys.readouterr().out)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from petseg.config import ModelTrainConfig, TrainCommonConfig
+from petseg.config import AugmentConfig, ModelTrainConfig, TrainCommonConfig
 from petseg.data.dataset import PreparedSplit
 from petseg.data.device_augment import DeviceAugment, training_augmentation
 from petseg.data.transforms import eval_transforms
@@ -30,9 +30,12 @@ def training_datasets(prepared_dir: Path, name: str, cfg: ModelTrainConfig) -> t
     return train_set, valid_set
 
 
-def augment_strength(full_strength_epochs: int, planned_epochs: float) -> float:
-    """How strongly (0-1) a run of ``planned_epochs`` augments: a short run cannot afford to fit harder data."""
-    return min(1.0, planned_epochs / full_strength_epochs) if full_strength_epochs else 1.0
+def augment_strength(augment: AugmentConfig, planned_epochs: float) -> float:
+    """How strongly (0-1) a run of ``planned_epochs`` augments: a short run cannot afford to fit harder data.
+    1 where nothing scales (augmentation off, or ``full_strength_epochs`` 0)."""
+    if not augment.enabled or not augment.full_strength_epochs:
+        return 1.0
+    return min(1.0, planned_epochs / augment.full_strength_epochs)
 
 
 def epoch_augmentation(
@@ -40,7 +43,7 @@ def epoch_augmentation(
 ) -> tuple[float, DeviceAugment | None]:
     """(strength, batch augmentation for the device or None): augment ``train_set`` for the next epoch of a run of
     ``planned_epochs``, in its loader (sets its transform) or, with ``augment.on_device``, on the device."""
-    strength = augment_strength(common.augment.full_strength_epochs, planned_epochs)
+    strength = augment_strength(common.augment, planned_epochs)
     mean, std = normalization(cfg.model_params())
     train_set.transform, device_augment = training_augmentation(common.augment.scaled(strength), size, mean, std)
     return strength, device_augment
