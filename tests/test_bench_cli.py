@@ -17,6 +17,7 @@ from petseg.data.dataset import PreparedSplit
 from petseg.data.layout import SPLITS, images_path, list_path, read_split_csv
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
+from petseg.runtime import native_amp
 from petseg.training.trainer import Trainer, TrainPaths
 
 PARAMS = ["--params", str(shipped_params_file())]  # the benchmarks run in a folder of their own
@@ -59,8 +60,8 @@ def test_bench_train_measures_the_gpu_options_too(tmp_path, monkeypatch, capsys)
     result = json.loads((tmp_path / "reports" / "bench" / "train-unet-32.json").read_text())
     assert result["augment"] == "on the device" and result["amp"] == "bf16" and result["channels_last"] is True
     assert result["steps"] == 1 and result["batch_size"] == 2
-    # The yardstick is the bf16 matmul only where the CPU runs it natively (AMX); elsewhere bf16 is emulated.
-    peak = "bfloat16" if torch.cpu._is_amx_tile_supported() else "float32"
+    # The yardstick is the bf16 matmul only where the CPU runs it natively (AMX, AVX-512 bf16); elsewhere emulated.
+    peak = "bfloat16" if native_amp("auto", torch.device("cpu")) == "bf16" else "float32"
     assert f"{peak} matmul peak" in capsys.readouterr().out
 
 

@@ -390,15 +390,18 @@ def test_warmup_cosine_follows_steps_and_the_time_budget():
     assert until_budget[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(2, 11)])
 
 
-@pytest.mark.parametrize(("amx", "expected"), [(True, "bf16"), (False, False)])
-def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, expected):
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected"), [(True, True, "bf16"), (False, True, "bf16"), (False, False, False)]
+)
+def test_amp_auto_is_bf16_only_on_a_cpu_that_runs_it_natively(monkeypatch, amx, avx512_bf16, expected):
     cpu = torch.device("cpu")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     assert native_amp("auto", cpu) == expected
     assert native_amp("fp16", cpu) == "fp16" and native_amp(False, cpu) is False
     with autocast_context(cpu, native_amp("auto", cpu)):
-        assert torch.is_autocast_enabled("cpu") == amx
-        assert not amx or torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.is_autocast_enabled("cpu") == bool(expected)
+        assert not expected or torch.get_autocast_dtype("cpu") == torch.bfloat16
     with pytest.raises(KeyError):  # resolve "auto" first: an unresolved one must not turn into fp16
         autocast_context(cpu, "auto")
 

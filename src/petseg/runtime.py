@@ -55,12 +55,15 @@ def loader_workers(requested: int, device: torch.device) -> int:
 
 
 def native_amp(amp: str | bool, device: torch.device) -> str | bool:
-    """``train.common.amp``, with ``auto`` resolved: bf16 where this device runs it natively (a CUDA GPU with bf16,
-    a CPU with AMX tiles: 2x the ResNet34-UNet's fp32 training rate on this project's CPU machine), else off
-    (elsewhere a CPU emulates bf16, slower than fp32)."""
+    """``train.common.amp``, with ``auto`` resolved: bf16 where this device has bf16 arithmetic (a CUDA GPU with
+    bf16; a CPU with AMX tiles or AVX-512 bf16 dot products, as Sapphire Rapids and AMD Zen 4 on), else off (an
+    AVX2-only CPU would emulate bf16, slower than fp32). docs/performance.md has the measured rates."""
     if amp != "auto":
         return amp
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.cpu._is_amx_tile_supported()
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
     return "bf16" if native else False
 
 

@@ -119,8 +119,8 @@ def bench_train(model_name: str, size: int, batch_size: int, steps: int, params:
     masks = (torch.rand(batch_size, 1, size, size, device=device) > 0.5).to(torch.uint8)
     image_flops = flops_per_image(trainer, images, masks)
     trainer_steps(trainer, [(images, masks)])  # warm-up (and compilation)
-    # Under AMP the yardstick is the half-precision matmul where the device runs it natively (a GPU, a CPU's bf16 on
-    # AMX tiles: 2.2 TFLOP/s against fp32's 0.4 on this project's machine); elsewhere a CPU's stays fp32 (emulated).
+    # Under AMP the yardstick is the half-precision matmul where the device runs it natively (a GPU, a CPU with AMX
+    # or AVX-512 bf16); elsewhere a CPU's stays fp32 (emulated).
     half = AMP_DTYPES.get(trainer.amp, torch.float32)
     peak_dtype = half if device.type == "cuda" or trainer.amp == native_amp("auto", device) else torch.float32
 
