@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from helpers import run_stage, write_params
 
 from petseg.training.distributed import Context, init_from_env
@@ -61,3 +63,19 @@ def test_process_group_can_carry_the_cpu_collectives(monkeypatch, device_type, b
     assert init_from_env(device_type) == Context(rank=1, world_size=2, local_rank=1)
     assert chosen == [backend]
     dist.Backend(backend)  # a form this torch accepts
+
+
+def _agree(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    context = Context(rank=rank, world_size=2)
+    seconds = context.max([3.5, 2.25][rank])  # each process timed its epoch on its own clock
+    (Path(out_dir) / f"rank{rank}").write_text(repr(seconds))
+    dist.destroy_process_group()
+
+
+def test_every_process_counts_the_slowest_ones_time(tmp_path):
+    # The time budget, the schedule's progress, the resizing switch and the augmentation strength all read the
+    # elapsed time: the processes must agree on it, or their replicas would train differently.
+    mp.spawn(_agree, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    assert [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)] == ["3.5", "3.5"]
+    assert Context().max(2.25) == 2.25  # one process: its own

@@ -444,3 +444,23 @@ def test_progressive_resizing_trains_small_first_by_epochs_or_by_the_budget():
     assert trainer._progress(2) == pytest.approx(0.1)  # 1 of 10 epochs done
     trainer.state = TrainState(epoch=1, elapsed_seconds=30.0)
     assert trainer._progress(2) == pytest.approx(0.5)  # half the budget spent: the budget ends it first
+
+
+@pytest.mark.parametrize("clock_jump_s", [0.0, 1000.0])
+def test_a_budget_runs_learning_rates_within_an_epoch_never_read_this_process_clock(monkeypatch, clock_jump_s):
+    # Under torchrun each process has its own clock; a learning rate read off it would differ between the replicas,
+    # which then drift apart. Within an epoch the schedule reads the agreed start time plus steps at the last pace.
+    overrides = {"train": {"common": {"max_minutes": 1.0}, "unet": {"epochs": 0, "warmup_epochs": 0}}}
+    trainer = Trainer("unet", make_params(overrides))
+    trainer.schedule = WarmupCosine(trainer.optimizer, total_steps=0, warmup_steps=0, budget_s=60.0)
+    trainer.state = TrainState(epoch=1, elapsed_seconds=20.0, history=[{"images_per_second": 2.0}])
+    trainer._step_seconds = trainer.state.step_seconds(batch_size=4)  # 2 s per step
+    ticks = iter(range(10_000))
+    monkeypatch.setattr("time.perf_counter", lambda: next(ticks) * (1 + clock_jump_s))
+    used = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: used.append(optimizer.param_groups[0]["lr"]))
+    batches = [(torch.zeros(2, 3, 32, 32), torch.zeros(2, 1, 32, 32, dtype=torch.uint8))] * 4
+    trainer.train_one_epoch(batches, epoch=2)
+    lr = trainer.cfg.lr
+    expected = [lr * 0.5 * (1 + math.cos(math.pi * (20 + 2 * step) / 60)) for step in range(1, 4)]
+    assert used[1:] == pytest.approx(expected)  # 22 s, 24 s, 26 s of the 60 s budget, whatever the clock says

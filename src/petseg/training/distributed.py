@@ -43,6 +43,13 @@ class Context:
             dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def max(self, value: float) -> float:
+        """The largest ``value`` of all processes: the slowest one's time is the one every process counts."""
+        tensor = torch.tensor([value], dtype=torch.float64)
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.item()
+
     def all_true(self, flag: bool) -> bool:
         return self.sum(0.0 if flag else 1.0)[0] == 0.0
 

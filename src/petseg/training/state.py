@@ -31,6 +31,10 @@ class TrainState:
     elapsed_seconds: float = 0.0  # training time so far (what a time budget counts)
     stopped_by: str = ""  # "", "early stop" or "time budget"
 
+    def step_seconds(self, batch_size: int) -> float:
+        """Seconds per step of ``batch_size`` (global) in the last epoch; 0 before the first."""
+        return batch_size / self.history[-1]["images_per_second"] if self.history else 0.0
+
 
 @dataclass(frozen=True)
 class TrainPaths:

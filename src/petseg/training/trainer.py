@@ -68,6 +68,7 @@ class Trainer:
         self.image_size = 0  # known once fit() reads the prepared data
         self.resume_point: ResumePoint | None = None  # made by fit(), which knows the run's fingerprint
         self.train_size = 0  # progressive resizing: the size batches are trained at this epoch; 0 = as they come
+        self._step_seconds = 0.0  # the learning-rate schedule's pace (fit() sets it per epoch)
 
     def say(self, message: str) -> None:
         if self.context.is_main:
@@ -102,8 +103,10 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            # The time the processes agreed at the epoch's start, plus the steps at the last epoch's pace: each
+            # process's own clock would give each its own learning rate, and the replicas would drift apart.
             if self.schedule is not None:
-                self.schedule.step(self.elapsed_seconds())
+                self.schedule.step(self.state.elapsed_seconds + step * self._step_seconds)
             loss_sum += loss.detach().double() * len(images)
             seen += len(images)
             if step % check_every == 0:
@@ -113,10 +116,6 @@ class Trainer:
             self._check_loss(loss_sum.item(), seen, epoch, checked, step, bar)
         total_loss, total_seen = self.context.sum(loss_sum.item(), seen)
         return total_loss, int(total_seen)
-
-    def elapsed_seconds(self) -> float:
-        """Training time of this run so far, the current epoch included (resumed runs count their earlier time)."""
-        return self.state.elapsed_seconds + time.perf_counter() - self._epoch_started
 
     def _check_loss(self, value: float, seen: int, epoch: int, checked: int, step: int, bar) -> None:
         # Every process must agree to stop, or the others would wait forever in the next all-reduce.
@@ -174,7 +173,8 @@ class Trainer:
     def budget_spent(self) -> bool:
         """Whether training so far (this epoch's included) crossed ``max_minutes``. Every process must agree, or the
         others would wait forever in the next all-reduce."""
-        return not self.context.all_true(not self.budget_s or self.elapsed_seconds() < self.budget_s)
+        elapsed = self.state.elapsed_seconds + time.perf_counter() - self._epoch_started
+        return not self.context.all_true(not self.budget_s or elapsed < self.budget_s)
 
     def should_stop(self) -> bool:
         if self.state.stopped_by == "time budget":  # set by the epoch that crossed it (in this run or a resumed one)
@@ -250,9 +250,8 @@ class Trainer:
         sampler = DistributedSampler(
             train_set, self.context.world_size, self.context.rank, shuffle=True, seed=self.common.seed, drop_last=True
         )
-        self.schedule = build_schedule(
-            self.cfg, self.optimizer, self.maximize, len(sampler) // self.batch_size, self.budget_s
-        )
+        steps = len(sampler) // self.batch_size
+        self.schedule = build_schedule(self.cfg, self.optimizer, self.maximize, steps, self.budget_s)
         self.resume(point)
         first = self.state.epoch + 1
         # epochs 0: until the time budget ends it (the config requires one then)
@@ -260,7 +259,7 @@ class Trainer:
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
-            planned = self.planned_epochs()
+            planned, self._step_seconds = self.planned_epochs(), self.state.step_seconds(self.cfg.batch_size)
             strength, device_augment = epoch_augmentation(train_set, self.cfg, self.common, self.image_size, planned)
             loader, epoch_seed = self._epoch_loader(train_set, sampler, epoch)
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
@@ -269,20 +268,21 @@ class Trainer:
                 loss_sum, seen = self.train_one_epoch(loader, epoch, augment)
             except PetsegError as err:
                 raise self._diverged(str(err), paths) from None
-            train_seconds = time.perf_counter() - started
+            train_seconds = self.context.max(time.perf_counter() - started)
             row = {"epoch": epoch, "train_loss": loss_sum / seen, "augment_strength": strength}
             last = epoch == self.cfg.epochs or self.budget_spent()
             if last or epoch % self.common.validate_every == 0:
                 row |= self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
-            row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": time.perf_counter() - started}
+            epoch_seconds = self.context.max(time.perf_counter() - started)
+            row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": epoch_seconds}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
             if last and epoch != self.cfg.epochs:
                 self.state.stopped_by = "time budget"  # before the resume point: a resumed run stops here too
             if self.context.is_main and point.due():
                 self.save_resume_point(point)
-            self.state.elapsed_seconds += time.perf_counter() - started - row["epoch_seconds"]  # the budget counts it
+            self.state.elapsed_seconds += self.context.max(time.perf_counter() - started - row["epoch_seconds"])
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
