@@ -68,7 +68,7 @@ def test_process_group_can_carry_the_cpu_collectives(monkeypatch, device_type, b
 def _agree(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     context = Context(rank=rank, world_size=2)
-    seconds = context.max([3.5, 2.25][rank])  # each process timed its epoch on its own clock
+    (seconds,) = context.max([3.5, 2.25][rank])  # each process timed its epoch on its own clock
     (Path(out_dir) / f"rank{rank}").write_text(repr(seconds))
     dist.destroy_process_group()
 
@@ -78,4 +78,4 @@ def test_every_process_counts_the_slowest_ones_time(tmp_path):
     # elapsed time: the processes must agree on it, or their replicas would train differently.
     mp.spawn(_agree, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     assert [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)] == ["3.5", "3.5"]
-    assert Context().max(2.25) == 2.25  # one process: its own
+    assert Context().max(2.25, 1.0) == [2.25, 1.0]  # one process: its own

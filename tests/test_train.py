@@ -453,8 +453,9 @@ def test_a_budget_runs_learning_rates_within_an_epoch_never_read_this_process_cl
     overrides = {"train": {"common": {"max_minutes": 1.0}, "unet": {"epochs": 0, "warmup_epochs": 0}}}
     trainer = Trainer("unet", make_params(overrides))
     trainer.schedule = WarmupCosine(trainer.optimizer, total_steps=0, warmup_steps=0, budget_s=60.0)
-    trainer.state = TrainState(epoch=1, elapsed_seconds=20.0, history=[{"images_per_second": 2.0}])
-    trainer._step_seconds = trainer.state.step_seconds(batch_size=4)  # 2 s per step
+    batch = trainer.cfg.batch_size
+    trainer.state = TrainState(epoch=1, elapsed_seconds=20.0, history=[{"images_per_second": batch / 2}])
+    assert trainer.state.step_seconds(batch) == 2.0  # the last epoch's pace: 2 s per step
     ticks = iter(range(10_000))
     monkeypatch.setattr("time.perf_counter", lambda: next(ticks) * (1 + clock_jump_s))
     used = []

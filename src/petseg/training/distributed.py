@@ -38,17 +38,17 @@ class Context:
 
     def sum(self, *values: float) -> list[float]:
         """Sum numbers over all processes (float64, so counts stay exact)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, *values: float) -> list[float]:
+        """Each number's largest value over all processes: the slowest one's time is the one every process counts."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def _reduce(self, values: tuple[float, ...], op: dist.ReduceOp) -> list[float]:
         tensor = torch.tensor(values, dtype=torch.float64)
         if self.active:
-            dist.all_reduce(tensor)
+            dist.all_reduce(tensor, op=op)
         return tensor.tolist()
-
-    def max(self, value: float) -> float:
-        """The largest ``value`` of all processes: the slowest one's time is the one every process counts."""
-        tensor = torch.tensor([value], dtype=torch.float64)
-        if self.active:
-            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return tensor.item()
 
     def all_true(self, flag: bool) -> bool:
         return self.sum(0.0 if flag else 1.0)[0] == 0.0

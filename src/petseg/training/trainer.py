@@ -68,7 +68,6 @@ class Trainer:
         self.image_size = 0  # known once fit() reads the prepared data
         self.resume_point: ResumePoint | None = None  # made by fit(), which knows the run's fingerprint
         self.train_size = 0  # progressive resizing: the size batches are trained at this epoch; 0 = as they come
-        self._step_seconds = 0.0  # the learning-rate schedule's pace (fit() sets it per epoch)
 
     def say(self, message: str) -> None:
         if self.context.is_main:
@@ -88,6 +87,7 @@ class Trainer:
         check_every = check_every or (1 if self.device.type == "cpu" else 25)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         seen, checked, step = 0, 0, 0
+        pace = self.state.step_seconds(self.cfg.batch_size)
         bar = progress(loader, desc=f"{self.name} epoch {epoch}", unit=" batch", quiet=not self.context.is_main)
         for step, (images, masks) in enumerate(bar, start=1):
             images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
@@ -106,7 +106,7 @@ class Trainer:
             # The time the processes agreed at the epoch's start, plus the steps at the last epoch's pace: each
             # process's own clock would give each its own learning rate, and the replicas would drift apart.
             if self.schedule is not None:
-                self.schedule.step(self.state.elapsed_seconds + step * self._step_seconds)
+                self.schedule.step(self.state.elapsed_seconds + step * pace)
             loss_sum += loss.detach().double() * len(images)
             seen += len(images)
             if step % check_every == 0:
@@ -259,7 +259,7 @@ class Trainer:
             if self.should_stop():
                 break
             started = self._epoch_started = time.perf_counter()
-            planned, self._step_seconds = self.planned_epochs(), self.state.step_seconds(self.cfg.batch_size)
+            planned = self.planned_epochs()
             strength, device_augment = epoch_augmentation(train_set, self.cfg, self.common, self.image_size, planned)
             loader, epoch_seed = self._epoch_loader(train_set, sampler, epoch)
             augment = device_augment.seeded(epoch_seed, self.device) if device_augment else None
@@ -268,13 +268,13 @@ class Trainer:
                 loss_sum, seen = self.train_one_epoch(loader, epoch, augment)
             except PetsegError as err:
                 raise self._diverged(str(err), paths) from None
-            train_seconds = self.context.max(time.perf_counter() - started)
+            train_seconds = time.perf_counter() - started
             row = {"epoch": epoch, "train_loss": loss_sum / seen, "augment_strength": strength}
             last = epoch == self.cfg.epochs or self.budget_spent()
             if last or epoch % self.common.validate_every == 0:
                 row |= self.validate(valid_loader, epoch)
             self._stop_if_diverged(row, paths)
-            epoch_seconds = self.context.max(time.perf_counter() - started)
+            train_seconds, epoch_seconds = self.context.max(train_seconds, time.perf_counter() - started)
             row |= {"lr": self.optimizer.param_groups[0]["lr"], "epoch_seconds": epoch_seconds}
             row["images_per_second"] = seen / train_seconds
             self.record(row)
@@ -282,7 +282,7 @@ class Trainer:
                 self.state.stopped_by = "time budget"  # before the resume point: a resumed run stops here too
             if self.context.is_main and point.due():
                 self.save_resume_point(point)
-            self.state.elapsed_seconds += self.context.max(time.perf_counter() - started - row["epoch_seconds"])
+            self.state.elapsed_seconds += self.context.max(time.perf_counter() - started - epoch_seconds)[0]
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
