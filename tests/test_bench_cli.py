@@ -238,6 +238,14 @@ def test_folds_must_be_zero_or_at_least_two(capsys):
     assert "argument --folds: must be 0 (the test split) or >= 2, got 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("budget", ["0", "-5", "nan", "inf"])
+def test_the_budget_must_be_some_seconds(budget, capsys):
+    with pytest.raises(SystemExit) as exited:
+        petseg_main(["bench", "accuracy", "--source", "x", "--budget", budget])
+    assert exited.value.code == 2
+    assert f"argument --budget: must be a number of seconds > 0, got {budget}" in capsys.readouterr().err
+
+
 def test_bench_set_needs_key_and_value(tmp_path, synthetic_archives, capsys):
     args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), *PARAMS, "--set", "train.res34.lr"]
     assert petseg_main(args) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,13 @@ def _threshold(text: str) -> float:
     value = float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:  # a budget of 0 or less would score an untrained reference
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
     return value
 
 
@@ -122,7 +130,7 @@ def _add_model_benches(which) -> None:
     accuracy.add_argument("--source", type=Path, required=True, help="directory with the two archives")
     accuracy.add_argument("--model", choices=MODEL_NAMES, default="res34")
     accuracy.add_argument("--size", type=_positive, default=128)
-    accuracy.add_argument("--budget", type=float, default=600.0, help="seconds of training per side")
+    accuracy.add_argument("--budget", type=_seconds, default=600.0, help="seconds of training per side")
     accuracy.add_argument("--params", type=Path, default=Path("params.yaml"), help="petseg's recipe (and the split)")
     accuracy.add_argument("--runs", type=_positive, default=1, help="repeat with seeds seed, seed+1, ...: the spread")
     accuracy.add_argument(
