@@ -177,6 +177,37 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, mon
     assert [p.name for p in tmp_path.iterdir()] == ["unet.last.pt"]
 
 
+TERMINATED_MID_RUN = """
+import sys, tempfile, time
+from petseg.errors import exits_cleanly
+
+@exits_cleanly
+def main():
+    with tempfile.TemporaryDirectory(dir=sys.argv[1]):
+        print("ready", flush=True)
+        time.sleep(60)
+
+sys.exit(main())
+"""
+
+
+def test_sigterm_cleans_up_and_exits_143(tmp_path):
+    """`kill` or `timeout` mid-run: the temp folders a command made are removed, one line, the shell's 128 + 15."""
+    work = tmp_path / "tmp"
+    work.mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_MID_RUN, str(work)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout.readline() == b"ready\n"
+    assert len(list(work.iterdir())) == 1
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert err == b"petseg: terminated\n"
+    assert list(work.iterdir()) == []
+
+
 def test_no_space_left_anywhere_is_one_line(capsys):
     @exits_cleanly
     def stage():

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 
@@ -19,6 +23,32 @@ def first_line(err: BaseException, limit: int = 200) -> str:
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM (`kill`, `timeout`, a scheduler) raised in the main process, so temp folders and locks are cleaned up."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():  # Python only lets the main thread set handlers
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (a pool's, a loader's) dies as it did before
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
@@ -27,7 +57,8 @@ def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(*args, **kwargs) -> int:
         try:
-            return main(*args, **kwargs) or 0
+            with _sigterm_unwinds():
+                return main(*args, **kwargs) or 0
         except PetsegError as err:
             print(f"petseg: error: {err}", file=sys.stderr)
             return EXIT_USER_ERROR
@@ -40,5 +71,8 @@ def exits_cleanly(main: Callable[..., int | None]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("petseg: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except Terminated:
+            print("petseg: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
 
     return wrapper
