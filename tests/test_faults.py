@@ -17,8 +17,9 @@ import torch
 from helpers import REPO, prepare_config, run_stage, write_params
 
 from petseg import fileio
+from petseg.data import cache
 from petseg.data.cache import prepare_dataset
-from petseg.errors import PetsegError, exits_cleanly
+from petseg.errors import PetsegError, Terminated, exits_cleanly
 from petseg.fileio import atomic_dir, atomic_file, write_json
 from petseg.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -149,6 +150,32 @@ def test_pool_workers_die_with_a_killed_parent(tmp_path):
     while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+def _marked_slow_decode(job):
+    """Stands in for a photo's decode in a pool worker: leaves a mark, takes a while, keeps nothing."""
+    (Path(os.environ["PETSEG_TEST_MARKS"]) / job.image_path.name).touch()
+    time.sleep(0.05)
+    return None, "not decoded by this test"
+
+
+def _stop(*args):
+    raise Terminated
+
+
+def test_a_stopped_prepare_drops_the_photos_still_queued(tmp_path, synthetic_tree, monkeypatch):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("PETSEG_TEST_MARKS", str(marks))
+    monkeypatch.setattr(cache, "_load_job", _marked_slow_decode)
+    monkeypatch.setattr(cache, "_finish_split", _stop)  # SIGTERM lands as the first split's results are read
+    with pytest.raises(Terminated):
+        prepare_dataset(
+            synthetic_tree / "images", synthetic_tree / "annotations", tmp_path / "out", prepare_config(), workers=1
+        )
+    # One worker: a chunk of 4 photos decoding and two chunks in the call queue still run; the rest are dropped.
+    assert len(list(marks.iterdir())) <= 12 < len(list((synthetic_tree / "images").iterdir()))
+    assert not (tmp_path / "out").exists()
 
 
 def _alive(pid: int) -> bool:

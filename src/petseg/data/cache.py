@@ -7,7 +7,9 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,17 @@ def _worker_init() -> None:
     """Workers die with the stage (kill -9 included) and run torch on one thread: the pool already uses every core."""
     die_with_parent()
     torch.set_num_threads(1)
+
+
+@contextmanager
+def _decode_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A pool that drops its queued photos when the stage stops early (an error, Ctrl-C, SIGTERM), so the exit waits
+    only for the photos already decoding; the executor's own exit would decode every queued one first."""
+    pool = ProcessPoolExecutor(workers, initializer=_worker_init)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ def prepare_dataset(
         "species": {},
         "foreground_fraction": {},
     }
-    with atomic_dir(out_dir) as tmp, ProcessPoolExecutor(workers, initializer=_worker_init) as pool:
+    with atomic_dir(out_dir) as tmp, _decode_pool(workers) as pool:
         jobs, arrays = [], {}
         for split, entries in splits.items():
             images = RowFile.create(images_path(tmp, split), len(entries), (size, size, 3))
