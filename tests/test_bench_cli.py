@@ -194,6 +194,46 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
     )
 
 
+def test_reference_epochs_make_the_time_they_took_petseg_s_budget(tmp_path, synthetic_archives, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    budgets, trainer = [], accuracy.Trainer
+    monkeypatch.setattr(
+        accuracy,
+        "Trainer",
+        lambda name, params: budgets.append(params.train.common.max_minutes) or trainer(name, params),
+    )
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
+    recipe = ["--set", "train.res34.batch_size=8", "--set", "train.res34.warmup_epochs=0"]
+    assert petseg_main([*args, "--reference-epochs", "2", *PARAMS, *recipe]) == 0
+    result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
+    assert result["reference_epochs"] == 2 and "budget_s" not in result
+    (run,) = result["runs"]
+    assert run["reference"]["epochs"] == 2 and run["reference"]["images_seen"] == 2 * 16
+    assert run["budget_s"] == run["reference"]["seconds"] and budgets == [pytest.approx(run["budget_s"] / 60)]
+    assert run["petseg"]["seconds"] >= run["budget_s"]  # until the epoch that crosses it, as the reference did before
+    assert (
+        f"reference epochs / images seen / seconds       2.000 / 32 / {run['budget_s']:.0f} s"
+        in capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--budget", "60"], "argument --budget: not allowed with argument --reference-epochs"),
+        (["--no-reference"], "--reference-epochs: the reference sets the budget, so it cannot be left out"),
+    ],
+)
+def test_reference_epochs_need_the_reference_and_no_budget(extra, message, synthetic_archives, capsys):
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), *PARAMS, "--reference-epochs", "3", *extra]
+    try:
+        code = petseg_main(args)
+    except SystemExit as exited:  # argparse's own errors
+        code = exited.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bench_accuracy_without_the_reference_trains_petseg_alone_on_each_fold(
     tmp_path, synthetic_archives, monkeypatch, capsys
 ):
@@ -204,7 +244,7 @@ def test_bench_accuracy_without_the_reference_trains_petseg_alone_on_each_fold(
     assert petseg_main([*args, "--budget", "1", "--folds", "2", "--no-reference", *PARAMS, *recipe]) == 0
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32-2fold-petseg.json").read_text())
     assert [run["on"] for run in result["runs"]] == ["fold 1/2", "fold 2/2"]
-    assert all(set(run) == {"seed", "on", "petseg"} for run in result["runs"]) and "reference" not in result
+    assert all(set(run) == {"seed", "on", "budget_s", "petseg"} for run in result["runs"]) and "reference" not in result
     dices = [run["petseg"]["dice_per_image"] for run in result["runs"]]
     assert result["petseg"]["dice_per_image"] == pytest.approx(sum(dices) / 2)
     assert "petseg over 2 runs: mean test Dice per image" in capsys.readouterr().out

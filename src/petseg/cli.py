@@ -130,7 +130,16 @@ def _add_model_benches(which) -> None:
     accuracy.add_argument("--source", type=Path, required=True, help="directory with the two archives")
     accuracy.add_argument("--model", choices=MODEL_NAMES, default="res34")
     accuracy.add_argument("--size", type=_positive, default=128)
-    accuracy.add_argument("--budget", type=_seconds, default=600.0, help="seconds of training per side")
+    budget = accuracy.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=_seconds, default=600.0, help="seconds of training per side")
+    budget.add_argument(
+        "--reference-epochs",
+        type=_positive,
+        default=0,
+        metavar="N",
+        help="instead of --budget: the reference trains N epochs, and petseg as long as that took (the same regime on "
+        "any machine)",
+    )
     accuracy.add_argument("--params", type=Path, default=Path("params.yaml"), help="petseg's recipe (and the split)")
     accuracy.add_argument("--runs", type=_positive, default=1, help="repeat with seeds seed, seed+1, ...: the spread")
     accuracy.add_argument(
@@ -220,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
         overrides = {"prepare.image_size": args.size} | _overrides(args.set)
         params = load_params(args.params, overrides)
-        bench_accuracy(args.source, args.model, args.budget, params, args.runs, args.folds, args.reference)
+        bench_accuracy(
+            args.source, args.model, args.budget, params, args.runs, args.folds, args.reference, args.reference_epochs
+        )
     elif args.bench == "infer":
         from petseg.bench.infer import bench_infer
 

@@ -20,6 +20,7 @@ from petseg.config import Params
 from petseg.data.cache import prepare_dataset
 from petseg.data.dataset import PreparedSplit
 from petseg.data.transforms import eval_transforms
+from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import bootstrap_ci, per_image_scores, summarize
 from petseg.models import HALF_MEAN, HALF_STD, build_model, with_tta
@@ -41,8 +42,11 @@ def _bce_soft_dice(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, truth) + dice.mean()
 
 
-def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int) -> tuple[torch.nn.Module, dict]:
-    """The plain loop, epoch after epoch until the epoch that crosses ``budget_s``; (model, what it trained)."""
+def train_reference(
+    model_name: str, prepared: Path, budget_s: float, seed: int, epochs: int = 0
+) -> tuple[torch.nn.Module, dict]:
+    """The plain loop, epoch after epoch until the epoch that crosses ``budget_s``, or for exactly ``epochs`` when
+    given; (model, what it trained)."""
     torch.manual_seed(seed)
     model = build_model(model_name, **REFERENCE_MODEL_PARAMS[model_name])
     optimizer = torch.optim.Adam(model.parameters(), lr=REFERENCE_LR)
@@ -53,21 +57,22 @@ def train_reference(model_name: str, prepared: Path, budget_s: float, seed: int)
     loader = DataLoader(
         PreparedSplit(prepared, "train", transform), REFERENCE_BATCH, shuffle=True, drop_last=True, generator=generator
     )
-    started, epochs = time.perf_counter(), 0
-    while time.perf_counter() - started < budget_s:
+    started, done = time.perf_counter(), 0
+    while (done < epochs) if epochs else (time.perf_counter() - started < budget_s):
         model.train()
-        for images, masks in progress(loader, desc=f"reference epoch {epochs + 1}", unit=" batch"):
+        for images, masks in progress(loader, desc=f"reference epoch {done + 1}", unit=" batch"):
             loss = _bce_soft_dice(model(images), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        epochs += 1
+        done += 1
     seconds = time.perf_counter() - started
-    return model.eval(), _trained(epochs, len(loader) * REFERENCE_BATCH, seconds)
+    return model.eval(), _trained(done, len(loader) * REFERENCE_BATCH, seconds)
 
 
 def _trained(epochs: int, per_epoch: int, seconds: float) -> dict:
-    return {"epochs": epochs, "images_seen": epochs * per_epoch, "images_per_second": epochs * per_epoch / seconds}
+    images = epochs * per_epoch
+    return {"epochs": epochs, "images_seen": images, "images_per_second": images / seconds, "seconds": seconds}
 
 
 def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: str, threshold: float) -> dict:
@@ -84,18 +89,27 @@ def test_scores(model: torch.nn.Module, prepared: Path, boundary_px: int, tta: s
 
 
 def compare_once(
-    model_name: str, data: Path, budget_s: float, params: Params, seed: int, with_reference: bool = True
+    model_name: str,
+    data: Path,
+    budget_s: float,
+    params: Params,
+    seed: int,
+    with_reference: bool = True,
+    reference_epochs: int = 0,
 ) -> dict:
     """Both recipes (or petseg's alone) trained for ``budget_s`` each on ``data``'s train split with ``seed``, scored
-    on its test split."""
-    common = dataclasses.replace(params.train.common, seed=seed)
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common))
+    on its test split. With ``reference_epochs`` the reference trains that many epochs and the time it took is
+    petseg's budget: the regime is then the same on a fast and a slow machine."""
     boundary_px, sides = params.evaluate.boundary_px, {"seed": seed}
     # Each side scored as its recipe serves it: the report's without test-time augmentation at 0.5, ours as its
     # checkpoint would be (train.common.tta and threshold).
     if with_reference:
-        reference, reference_run = train_reference(model_name, data, budget_s, seed)
+        reference, reference_run = train_reference(model_name, data, budget_s, seed, reference_epochs)
         sides["reference"] = test_scores(reference, data, boundary_px, "none", 0.5) | reference_run
+        budget_s = reference_run["seconds"] if reference_epochs else budget_s
+    sides["budget_s"] = budget_s
+    common = dataclasses.replace(params.train.common, seed=seed, max_minutes=budget_s / 60)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common))
     ours = Trainer(model_name, params)
     with tempfile.TemporaryDirectory(prefix="petseg-bench-run-") as tmp:
         state = ours.fit(data, TrainPaths(best=Path(tmp) / "best.pt", last=Path(tmp) / "last.pt"))
@@ -107,7 +121,7 @@ def compare_once(
     return sides
 
 
-SIDE_FIGURES = ("dice_per_image", "dice_dataset", "epochs", "images_seen", "images_per_second")
+SIDE_FIGURES = ("dice_per_image", "dice_dataset", "epochs", "images_seen", "images_per_second", "seconds")
 
 
 def _summary(runs: list[dict], side: str) -> dict:
@@ -126,12 +140,18 @@ def bench_accuracy(
     runs: int = 1,
     folds: int = 0,
     with_reference: bool = True,
+    reference_epochs: int = 0,
 ) -> dict:
     """Both recipes (or, ``with_reference`` False, petseg's alone: enough to compare its settings) for ``budget_s``
-    of training each on ``params.prepare``'s split of ``source``, ``runs`` times with seeds seed, seed + 1, ...;
-    scored on the test split, or with ``folds`` on each of that many disjoint parts of the trainval photos (the test
-    split untouched, for tuning). JSON and a table."""
-    common = dataclasses.replace(params.train.common, max_minutes=budget_s / 60, device="cpu")
+    of training each (or, with ``reference_epochs``, the time the reference takes for that many) on
+    ``params.prepare``'s split of ``source``, ``runs`` times with seeds seed, seed + 1, ...; scored on the test split,
+    or with ``folds`` on each of that many disjoint parts of the trainval photos (the test split untouched, for
+    tuning). JSON and a table."""
+    if reference_epochs and not with_reference:
+        raise PetsegError(
+            "--reference-epochs: the reference sets the budget, so it cannot be left out (--no-reference)"
+        )
+    common = dataclasses.replace(params.train.common, device="cpu")
     # Like the reference loop, petseg's side trains until the budget ends it (its schedule then spans the budget).
     until_budget = {model_name: dataclasses.replace(params.train.model(model_name), epochs=0)}
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, common=common, **until_budget))
@@ -148,12 +168,14 @@ def bench_accuracy(
             targets = [(f"fold {k + 1}/{folds}", path) for k, path in enumerate(made)]
         for run in range(runs):
             for label, data in targets:
-                result = compare_once(model_name, data, budget_s, params, common.seed + run, with_reference)
+                run_seed = common.seed + run
+                result = compare_once(model_name, data, budget_s, params, run_seed, with_reference, reference_epochs)
                 results.append(result | {"on": label})
-    return _report(model_name, params.prepare.image_size, budget_s, results, folds)
+    budget = {"reference_epochs": reference_epochs} if reference_epochs else {"budget_s": budget_s}
+    return _report(model_name, params.prepare.image_size, budget, results, folds)
 
 
-def _report(model_name: str, size: int, budget_s: float, results: list[dict], folds: int) -> dict:
+def _report(model_name: str, size: int, budget: dict, results: list[dict], folds: int) -> dict:
     sides = [side for side in ("reference", "petseg") if side in results[0]]
     rows = []
     for result in results:
@@ -161,7 +183,8 @@ def _report(model_name: str, size: int, budget_s: float, results: list[dict], fo
         for side in sides:
             figures = result[side]
             rows.append((f"{where}: {side} test Dice per image", figures["dice_per_image"], ""))
-            rows.append((f"{where}: {side} epochs / images seen", figures["epochs"], f"/ {figures['images_seen']}"))
+            seen = f"/ {figures['images_seen']} / {figures['seconds']:.0f} s"
+            rows.append((f"{where}: {side} epochs / images seen / seconds", figures["epochs"], seen))
             rows.append((f"{where}: {side} images per second", figures["images_per_second"], "img/s"))
         if "dice_per_image_no_tta" in result["petseg"]:
             rows.append(
@@ -169,7 +192,7 @@ def _report(model_name: str, size: int, budget_s: float, results: list[dict], fo
             )
         if "dice_gain" in result:
             rows.append((f"{where}: petseg - reference, test Dice per image", result["dice_gain"], ""))
-    details = {"model": model_name, "size": size, "budget_s": budget_s, "folds": folds, "runs": results}
+    details = {"model": model_name, "size": size, **budget, "folds": folds, "runs": results}
     details |= {side: _summary(results, side) for side in sides}
     if "reference" in sides:
         gains = [result["dice_gain"] for result in results]
