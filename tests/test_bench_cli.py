@@ -13,6 +13,7 @@ from helpers import make_params, shipped_params_file
 from petseg.bench import accuracy
 from petseg.bench.folds import fold_names, write_fold
 from petseg.cli import main as petseg_main
+from petseg.config import load_params
 from petseg.data.dataset import PreparedSplit
 from petseg.data.layout import SPLITS, images_path, list_path, read_split_csv
 from petseg.models import model_from_weights
@@ -38,7 +39,7 @@ def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch
 def test_bench_train_reports_ratio_and_efficiency(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["bench", "train", "--model", "res34", "--size", "32", "64", "--batch-size", "2", "--steps", "2", *PARAMS]
-    assert petseg_main(args) == 0
+    assert petseg_main([*args, "--no-augment-on-device"]) == 0
     out = capsys.readouterr().out
     for size in (32, 64):
         result = json.loads((tmp_path / "reports" / "bench" / f"train-res34-{size}.json").read_text())
@@ -63,6 +64,26 @@ def test_bench_train_measures_the_gpu_options_too(tmp_path, monkeypatch, capsys)
     # The yardstick is the bf16 matmul only where the CPU runs it natively (AMX, AVX-512 bf16); elsewhere emulated.
     peak = "bfloat16" if native_amp("auto", torch.device("cpu")) == "bf16" else "float32"
     assert f"{peak} matmul peak" in capsys.readouterr().out
+
+
+def test_bench_train_measures_params_settings_unless_a_flag_is_given(monkeypatch):
+    calls = []
+    monkeypatch.setattr("petseg.bench.train.bench_train", lambda *args: calls.append(args))
+    assert petseg_main(["bench", "train", "--size", "32", *PARAMS]) == 0
+    shipped = load_params(shipped_params_file())
+    assert [(name, batch) for name, _, batch, _, _ in calls] == [
+        (name, shipped.train.model(name).batch_size) for name in ("unet", "res34")
+    ]
+    assert calls[0][4].train.common == shipped.train.common and calls[0][4].resources == shipped.resources
+
+    calls.clear()
+    flags = ["--no-channels-last", "--no-augment-on-device", "--amp", "off", "--workers", "1", "--batch-size", "4"]
+    assert petseg_main(["bench", "train", "--model", "res34", "--size", "32", *flags, *PARAMS]) == 0
+    ((_, _, batch, _, params),) = calls
+    common = params.train.common
+    assert batch == 4 and params.resources.num_workers == 1
+    assert (common.channels_last, common.augment.on_device, common.amp) == (False, False, False)
+    assert shipped.train.common.channels_last and shipped.train.common.augment.on_device  # so the flags changed them
 
 
 def test_bench_prepare_with_a_wrong_source_is_one_line(tmp_path, capsys):

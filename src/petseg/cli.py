@@ -92,28 +92,33 @@ def _add_throughput_benches(which) -> None:
     prep = which.add_parser("prepare", help="prepare path vs a naive PIL loop")
     prep.add_argument("--source", type=Path, required=True, help="directory with images.tar.gz, annotations.tar.gz")
     prep.add_argument("--size", type=_positive, default=256)
-    prep.add_argument("--workers", type=_non_negative, default=0, help="decode processes; 0 = one per core")
+    prep.add_argument("--workers", type=_non_negative, help="decode processes, 0 = one per core; default: params'")
     prep.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
     train = which.add_parser("train", help="model-only vs whole-step training throughput, fraction of peak")
     train.add_argument("--model", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     train.add_argument("--size", nargs="+", type=_positive, default=[128, 256])
-    train.add_argument("--batch-size", type=_positive, default=8)
+    # Every setting below that params.yaml also has defaults to params' value: a flag overrides only when given.
+    train.add_argument("--batch-size", type=_positive, help="default: the model's train.<model>.batch_size")
     train.add_argument("--steps", type=_non_negative, default=0, help="0 = 3 on CPU, 100 on CUDA")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    train.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off", help="mixed precision")
-    train.add_argument("--channels-last", action="store_true")
-    train.add_argument("--compile", action="store_true", help="torch.compile the model")
-    train.add_argument("--augment-on-device", action="store_true", help="augment batches on the device")
-    train.add_argument("--workers", type=_non_negative, default=4, help="DataLoader workers (capped on CPU)")
-    train.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
-    train.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), help="mixed precision")
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="NHWC memory layout")
+    train.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model")
+    train.add_argument(
+        "--augment-on-device", action=argparse.BooleanOptionalAction, help="augment batches on the device"
+    )
+    train.add_argument("--workers", type=_non_negative, help="DataLoader workers (capped on CPU)")
+    train.add_argument("--threads", type=_non_negative, help="torch threads; 0 = one per core")
+    train.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from (its defaults)"
+    )
     baseline = which.add_parser("baseline", help="the reference report's data path vs ours, same model and batch")
     baseline.add_argument("--source", type=Path, required=True, help="directory with the two archives")
     baseline.add_argument("--model", choices=MODEL_NAMES, default="res34")
     baseline.add_argument("--size", type=_positive, default=128)
     baseline.add_argument("--batch-size", type=_positive, default=8)
     baseline.add_argument("--steps", type=_positive, default=5)
-    baseline.add_argument("--threads", type=_non_negative, default=0, help="torch threads; 0 = one per core")
+    baseline.add_argument("--threads", type=_non_negative, help="torch threads, 0 = one per core; default: params'")
     baseline.add_argument("--params", type=Path, default=Path("params.yaml"), help="params the benchmark starts from")
 
 
@@ -178,7 +183,7 @@ def train_settings(args: argparse.Namespace) -> Params:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
-    overrides = {
+    given = {
         "train.common.device": args.device,
         "train.common.amp": False if args.amp == "off" else args.amp,
         "train.common.channels_last": args.channels_last,
@@ -187,7 +192,7 @@ def train_settings(args: argparse.Namespace) -> Params:
         "resources.num_workers": args.workers,
         "train.common.augment.on_device": args.augment_on_device,
     }
-    return load_params(args.params, overrides)
+    return load_params(args.params, {key: value for key, value in given.items() if value is not None})
 
 
 @exits_cleanly
@@ -214,16 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "prepare":
         from petseg.bench.prepare import bench_prepare
 
-        workers = args.workers or os.cpu_count() or 1
-        overrides = {"prepare.image_size": args.size, "resources.workers": workers}
-        bench_prepare(args.source, load_params(args.params, overrides))
+        workers = load_params(args.params).resources.workers if args.workers is None else args.workers
+        overrides = {"prepare.image_size": args.size, "resources.workers": workers or os.cpu_count() or 1}
+        bench_prepare(args.source, load_params(args.params, overrides))  # its report names the processes that ran
     elif args.bench == "train":
         from petseg.bench.train import bench_train
 
         params = train_settings(args)
         for model_name in args.model:
+            batch_size = args.batch_size or params.train.model(model_name).batch_size
             for size in args.size:
-                bench_train(model_name, size, args.batch_size, args.steps, params)
+                bench_train(model_name, size, batch_size, args.steps, params)
     elif args.bench == "accuracy":
         from petseg.bench.accuracy import bench_accuracy
 
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.bench.baseline import bench_baseline
 
         overrides = {"prepare.image_size": args.size, "train.common.device": "cpu"}
-        overrides["resources.threads"] = args.threads
+        if args.threads is not None:
+            overrides["resources.threads"] = args.threads
         bench_baseline(args.source, args.model, args.batch_size, args.steps, load_params(args.params, overrides))
     return 0
