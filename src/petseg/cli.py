@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -177,13 +176,18 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _given(overrides: dict) -> dict:
+    """The overrides whose flag was given (argparse leaves the others None): params.yaml decides the rest."""
+    return {key: value for key, value in overrides.items() if value is not None}
+
+
 def train_settings(args: argparse.Namespace) -> Params:
     """``--params`` with the training settings a `bench train` run measures, validated like any params.yaml."""
     import torch  # here, not at the top: `petseg --help` and predict's argument errors stay instant
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
-    given = {
+    overrides = {
         "train.common.device": args.device,
         "train.common.amp": False if args.amp == "off" else args.amp,
         "train.common.channels_last": args.channels_last,
@@ -192,7 +196,7 @@ def train_settings(args: argparse.Namespace) -> Params:
         "resources.num_workers": args.workers,
         "train.common.augment.on_device": args.augment_on_device,
     }
-    return load_params(args.params, {key: value for key, value in given.items() if value is not None})
+    return load_params(args.params, _given(overrides))
 
 
 @exits_cleanly
@@ -219,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench == "prepare":
         from petseg.bench.prepare import bench_prepare
 
-        workers = load_params(args.params).resources.workers if args.workers is None else args.workers
-        overrides = {"prepare.image_size": args.size, "resources.workers": workers or os.cpu_count() or 1}
-        bench_prepare(args.source, load_params(args.params, overrides))  # its report names the processes that ran
+        overrides = {"prepare.image_size": args.size} | _given({"resources.workers": args.workers})
+        bench_prepare(args.source, load_params(args.params, overrides))
     elif args.bench == "train":
         from petseg.bench.train import bench_train
 
@@ -246,7 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         from petseg.bench.baseline import bench_baseline
 
         overrides = {"prepare.image_size": args.size, "train.common.device": "cpu"}
-        if args.threads is not None:
-            overrides["resources.threads"] = args.threads
+        overrides |= _given({"resources.threads": args.threads})
         bench_baseline(args.source, args.model, args.batch_size, args.steps, load_params(args.params, overrides))
     return 0

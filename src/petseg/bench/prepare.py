@@ -9,7 +9,7 @@ from PIL import Image
 
 from petseg.bench import best_interleaved, extracted_archives, report_ratio
 from petseg.config import Params
-from petseg.data.cache import prepare_dataset
+from petseg.data.cache import decode_workers, prepare_dataset
 from petseg.data.lists import build_splits
 
 
@@ -17,7 +17,7 @@ def bench_prepare(source: Path, params: Params, rounds: int = 3) -> dict:
     """The prepare path (draft-mode decode, process pool) vs a naive PIL loop making the same photos and masks."""
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         images_dir, annotations_dir = extracted_archives(source, Path(tmp))
-        cfg, workers = params.prepare, params.resources.workers
+        cfg, workers = params.prepare, decode_workers(params.resources.workers)  # the report names the processes
         size = cfg.image_size
         names = [e.name for entries in build_splits(annotations_dir, cfg).values() for e in entries]
 

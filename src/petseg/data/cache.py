@@ -101,6 +101,11 @@ def _load_job(job: _Job) -> tuple[tuple[int, int, int, int] | None, str]:
     return (width, height, int(np.count_nonzero(mask == 1)), int(np.count_nonzero(mask != IGNORE))), ""
 
 
+def decode_workers(requested: int) -> int:
+    """Decode processes for ``resources.workers``: ``requested``, or (0) one per core."""
+    return requested or os.cpu_count() or 1
+
+
 def prepare_dataset(
     images_dir: Path, annotations_dir: Path, out_dir: Path, cfg: PrepareConfig, workers: int = 0
 ) -> dict:
@@ -109,7 +114,7 @@ def prepare_dataset(
     size = cfg.image_size
     listed = sum(len(entries) for entries in splits.values())
     ensure_writable(out_dir.parent, need_bytes=listed * size * size * 4)  # 3 image bytes + 1 mask byte per pixel
-    workers = workers or os.cpu_count() or 1
+    workers = decode_workers(workers)
     skipped: list[dict] = []
     report: dict = {
         "image_size": size,
