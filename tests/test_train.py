@@ -338,6 +338,7 @@ def test_an_epoch_line_shows_the_cap_and_the_budget_that_can_end_training():
     state = TrainState(elapsed_seconds=90.0, best_epoch=3)
     assert epoch_line(row, 40, state, 0).startswith("epoch 3/40 train_loss 0.5000 lr")
     assert epoch_line(row, 40, state, 600).startswith("epoch 3/40 (1.5/10 min) train_loss")
+    assert epoch_line(row, 40, state, 233.8).startswith("epoch 3/40 (1.5/3.9 min) train_loss")  # a bench's budget
     line = epoch_line(row | {"val_dice": 0.8}, 0, state, 600)  # epochs 0: the budget alone
     assert line.startswith("epoch 3 (1.5/10 min) train_loss 0.5000 val_dice 0.8000 lr") and line.endswith("*best")
 

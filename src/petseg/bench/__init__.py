@@ -24,7 +24,8 @@ def report(name: str, rows: list[tuple[str, float, str]], result: dict) -> dict:
     width = max(len(label) for label, _, _ in rows)
     print(f"petseg bench {name}")
     for label, value, unit in rows:
-        print(f"  {label:<{width}}  {value:>10.3f} {unit}")
+        shown = f"{value:>10}" if isinstance(value, int) else f"{value:>10.3f}"  # counts (epochs) without decimals
+        print(f"  {label:<{width}}  {shown} {unit}")
     print(json.dumps({"bench": name, **result}, sort_keys=True))
     write_json(BENCH_DIR / f"{name}.json", {"bench": name, **result})
     return result
