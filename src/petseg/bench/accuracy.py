@@ -196,16 +196,17 @@ def _report(model_name: str, size: int, budget: dict, results: list[dict], folds
     details |= {side: _summary(results, side) for side in sides}
     if "reference" in sides:
         gains = [result["dice_gain"] for result in results]
-        rows += [
+        spread = [
             (f"petseg - reference over {len(results)} comparisons: mean", float(np.mean(gains)), ""),
             ("  lowest", min(gains), ""),
             ("  highest", max(gains), ""),
         ]
         details |= {"dice_gain": float(np.mean(gains)), "dice_gain_min": min(gains), "dice_gain_max": max(gains)}
     else:
-        rows.append(
+        spread = [
             (f"petseg over {len(results)} runs: mean test Dice per image", details["petseg"]["dice_per_image"], "")
-        )
+        ]
+    rows += spread if len(results) > 1 else []  # one run: its own rows say it all
     name = (
         f"accuracy-{model_name}-{size}"
         + (f"-{folds}fold" if folds else "")
