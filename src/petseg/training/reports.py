@@ -50,7 +50,8 @@ def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: 
     """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget)."""
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
     of = f"/{epochs}" if epochs else ""  # 0: until the time budget
-    budget = f" ({state.elapsed_seconds / 60:.1f}/{round(budget_s / 60, 2):g} min)" if budget_s else ""
+    minutes = round(budget_s / 60, 2) or budget_s / 60  # two decimals, but a test's tiny budget still shows
+    budget = f" ({state.elapsed_seconds / 60:.1f}/{minutes:g} min)" if budget_s else ""
     strength = row.get("augment_strength", 1.0)
     augment = f"augment x{strength:.2f} " if strength < 1 else ""
     return (
