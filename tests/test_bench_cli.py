@@ -209,6 +209,7 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
     gains = [run["dice_gain"] for run in result["runs"]]
     assert result["dice_gain"] == pytest.approx(sum(gains) / 2) and result["dice_gain_min"] == min(gains)
     out = capsys.readouterr().out
+    assert re.search(r"reference_res34: epoch 1 \(\d+\.\d/0\.03 min\) train_loss \d\.\d{4} [\d.]+s [\d.]+ img/s", out)
     assert "seed 43, test split: petseg - reference, test Dice per image" in out
     assert (
         "seed 42, test split: reference epochs / images seen" in out and "petseg - reference over 2 comparisons" in out
@@ -235,6 +236,8 @@ def test_reference_epochs_make_the_time_they_took_petseg_s_budget(tmp_path, synt
     out = capsys.readouterr().out
     assert f"reference epochs / images seen / seconds           2 / 32 / {run['budget_s']:.0f} s" in out
     assert "over 1 comparisons" not in out  # one run: no mean, lowest and highest of one figure
+    # The reference side prints a line per epoch as petseg's does, so a long run's log shows where it is.
+    assert re.findall(r"reference_res34: epoch (\d)/2 \(\d+\.\d min\) train_loss \d\.\d{4} ", out) == ["1", "2"]
 
 
 @pytest.mark.parametrize(

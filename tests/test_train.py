@@ -4,6 +4,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -341,6 +343,18 @@ def test_an_epoch_line_shows_the_cap_and_the_budget_that_can_end_training():
     assert epoch_line(row, 40, state, 233.8).startswith("epoch 3/40 (1.5/3.9 min) train_loss")  # a bench's budget
     line = epoch_line(row | {"val_dice": 0.8}, 0, state, 600)  # epochs 0: the budget alone
     assert line.startswith("epoch 3 (1.5/10 min) train_loss 0.5000 val_dice 0.8000 lr") and line.endswith("*best")
+
+
+def test_progress_lines_reach_a_log_file_when_said_not_at_exit():
+    # os._exit skips the flush at exit: a line still in stdout's buffer (a file or DVC's pipe) would be lost.
+    said = (
+        "import os, types; from petseg.training.trainer import Trainer; "
+        "Trainer.say(types.SimpleNamespace(name='unet', context=types.SimpleNamespace(is_main=True)), 'epoch 1'); "
+        "os._exit(0)"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout == "train_unet: epoch 1\n"
 
 
 @pytest.mark.parametrize(("select_by", "best_epoch"), [("last", 5), ("dice", 2)])

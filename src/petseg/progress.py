@@ -1,4 +1,4 @@
-"""Progress bars: tqdm on stderr, quiet when stderr is not a terminal unless PETSEG_PROGRESS=1."""
+"""Progress: tqdm bars on stderr, quiet when stderr is not a terminal unless PETSEG_PROGRESS=1; lines on stdout."""
 
 from __future__ import annotations
 
@@ -15,3 +15,8 @@ def progress(iterable: Any = None, quiet: bool = False, **kwargs: Any) -> tqdm:
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("leave", False)
     return tqdm(iterable, disable=disable, file=sys.stderr, **kwargs)
+
+
+def progress_line(message: str) -> None:
+    """One line of progress on stdout, flushed: a log file or DVC's pipe shows it when it happens, not at exit."""
+    print(message, flush=True)

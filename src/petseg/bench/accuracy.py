@@ -24,8 +24,9 @@ from petseg.errors import PetsegError
 from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import bootstrap_ci, per_image_scores, summarize
 from petseg.models import HALF_MEAN, HALF_STD, build_model, with_tta
-from petseg.progress import progress
+from petseg.progress import progress, progress_line
 from petseg.runtime import configure_threads
+from petseg.training.reports import time_spent
 from petseg.training.trainer import Trainer, TrainPaths
 
 # The report's recipe: its architectures as published, BCE + soft Dice, Adam at 1e-3, batch 16, horizontal flips only
@@ -60,12 +61,21 @@ def train_reference(
     started, done = time.perf_counter(), 0
     while (done < epochs) if epochs else (time.perf_counter() - started < budget_s):
         model.train()
+        epoch_started, loss_sum = time.perf_counter(), 0.0
         for images, masks in progress(loader, desc=f"reference epoch {done + 1}", unit=" batch"):
             loss = _bce_soft_dice(model(images), masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            loss_sum += loss.item()
         done += 1
+        # A line per epoch, as petseg's side prints: a long reference side is not silent in a log.
+        epoch_s, spent = time.perf_counter() - epoch_started, time.perf_counter() - started
+        of = f"/{epochs} ({spent / 60:.1f} min)" if epochs else f" ({time_spent(spent, budget_s)})"
+        progress_line(
+            f"reference_{model_name}: epoch {done}{of} train_loss {loss_sum / len(loader):.4f} "
+            f"{epoch_s:.1f}s {len(loader) * REFERENCE_BATCH / epoch_s:.1f} img/s"
+        )
     seconds = time.perf_counter() - started
     return model.eval(), _trained(done, len(loader) * REFERENCE_BATCH, seconds)
 

@@ -46,12 +46,16 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
     return list(paths.values())
 
 
+def time_spent(elapsed_s: float, budget_s: float) -> str:
+    """Minutes spent of a budget, "1.2/3.9 min": the budget to two decimals (a test's tiny budget still shows)."""
+    return f"{elapsed_s / 60:.1f}/{round(budget_s / 60, 2) or budget_s / 60:g} min"
+
+
 def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: float) -> str:
     """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget)."""
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
     of = f"/{epochs}" if epochs else ""  # 0: until the time budget
-    minutes = round(budget_s / 60, 2) or budget_s / 60  # two decimals, but a test's tiny budget still shows
-    budget = f" ({state.elapsed_seconds / 60:.1f}/{minutes:g} min)" if budget_s else ""
+    budget = f" ({time_spent(state.elapsed_seconds, budget_s)})" if budget_s else ""
     strength = row.get("augment_strength", 1.0)
     augment = f"augment x{strength:.2f} " if strength < 1 else ""
     return (

@@ -27,7 +27,7 @@ from petseg.evaluation.loop import evaluate_loader
 from petseg.evaluation.metrics import degenerate_counts, summarize
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import non_finite_count, save_checkpoint
-from petseg.progress import progress
+from petseg.progress import progress, progress_line
 from petseg.training.distributed import Context, per_process_batch, place_model, training_device
 from petseg.training.loaders import downsized, epoch_augmentation, progressive_size, sharded_loader, training_datasets
 from petseg.training.losses import BCEDiceLoss
@@ -71,7 +71,7 @@ class Trainer:
 
     def say(self, message: str) -> None:
         if self.context.is_main:
-            print(f"train_{self.name}: {message}")
+            progress_line(f"train_{self.name}: {message}")
 
     def train_one_epoch(
         self, loader: Iterable, epoch: int = 0, augment: BatchTransform | None = None, check_every: int = 0
