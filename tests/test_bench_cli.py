@@ -309,6 +309,13 @@ def test_the_budget_must_be_some_seconds(budget, capsys):
     assert f"argument --budget: must be a number of seconds > 0, got {budget}" in capsys.readouterr().err
 
 
+def test_a_train_split_smaller_than_the_reference_s_batch_is_one_line(synthetic_archives, monkeypatch, capsys):
+    monkeypatch.setattr(accuracy, "REFERENCE_BATCH", 64)  # the synthetic set's train split has 22 photos
+    args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), *PARAMS, "--budget", "1"]
+    assert petseg_main(args) == 2
+    assert "the train split has 22 photos, fewer than the reference's batch of 64" in capsys.readouterr().err
+
+
 def test_bench_set_needs_key_and_value(tmp_path, synthetic_archives, capsys):
     args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), *PARAMS, "--set", "train.res34.lr"]
     assert petseg_main(args) == 2

@@ -55,9 +55,12 @@ def train_reference(
         [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(HALF_MEAN, HALF_STD)]
     )
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        PreparedSplit(prepared, "train", transform), REFERENCE_BATCH, shuffle=True, drop_last=True, generator=generator
-    )
+    photos = PreparedSplit(prepared, "train", transform)
+    loader = DataLoader(photos, REFERENCE_BATCH, shuffle=True, drop_last=True, generator=generator)
+    if not len(loader):
+        raise PetsegError(
+            f"the train split has {len(photos)} photos, fewer than the reference's batch of {REFERENCE_BATCH}"
+        )
     started, done = time.perf_counter(), 0
     while (done < epochs) if epochs else (time.perf_counter() - started < budget_s):
         model.train()
