@@ -61,7 +61,7 @@ def train_reference(
         raise PetsegError(
             f"the train split has {len(photos)} photos, fewer than the reference's batch of {REFERENCE_BATCH}"
         )
-    started, done = time.perf_counter(), 0
+    started, done, per_epoch = time.perf_counter(), 0, len(loader) * REFERENCE_BATCH
     while (done < epochs) if epochs else (time.perf_counter() - started < budget_s):
         model.train()
         epoch_started, loss_sum = time.perf_counter(), 0.0
@@ -73,14 +73,15 @@ def train_reference(
             loss_sum += loss.item()
         done += 1
         # A line per epoch, as petseg's side prints: a long reference side is not silent in a log.
-        epoch_s, spent = time.perf_counter() - epoch_started, time.perf_counter() - started
+        now = time.perf_counter()
+        epoch_s, spent = now - epoch_started, now - started
         of = f"/{epochs} ({spent / 60:.1f} min)" if epochs else f" ({time_spent(spent, budget_s)})"
         progress_line(
             f"reference_{model_name}: epoch {done}{of} train_loss {loss_sum / len(loader):.4f} "
-            f"{epoch_s:.1f}s {len(loader) * REFERENCE_BATCH / epoch_s:.1f} img/s"
+            f"{epoch_s:.1f}s {per_epoch / epoch_s:.1f} img/s"
         )
     seconds = time.perf_counter() - started
-    return model.eval(), _trained(done, len(loader) * REFERENCE_BATCH, seconds)
+    return model.eval(), _trained(done, per_epoch, seconds)
 
 
 def _trained(epochs: int, per_epoch: int, seconds: float) -> dict:
