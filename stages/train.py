@@ -15,7 +15,7 @@ from petseg import pipeline
 from petseg.config import MODEL_NAMES, load_params
 from petseg.errors import exits_cleanly
 from petseg.fileio import ensure_writable
-from petseg.runtime import resolve_device
+from petseg.runtime import machine, resolve_device
 from petseg.training.distributed import init_from_env, shutdown
 from petseg.training.reports import write_training_reports
 from petseg.training.trainer import Trainer, TrainPaths
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         lock = pipeline.training_lock(name) if context.is_main else contextlib.nullcontext()
         with lock, pipeline.stage_tracker(params, "train", name, enabled=context.is_main) as tracker:
             tracker.log_params(pipeline.training_params(params, name))
+            tracker.set_tags({f"machine.{key}": str(value) for key, value in machine().items()})  # speeds' context
             trainer = Trainer(name, params, context)
             state = trainer.fit(pipeline.PREPARED_DIR, paths, tracker)
             if not context.is_main:

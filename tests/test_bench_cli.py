@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -18,7 +19,7 @@ from petseg.data.dataset import PreparedSplit
 from petseg.data.layout import SPLITS, images_path, list_path, read_split_csv
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
-from petseg.runtime import native_amp
+from petseg.runtime import describe_machine, machine, native_amp
 from petseg.training.trainer import Trainer, TrainPaths
 
 PARAMS = ["--params", str(shipped_params_file())]  # the benchmarks run in a folder of their own
@@ -33,6 +34,36 @@ def test_bench_prepare_reports_a_ratio(tmp_path, synthetic_archives, monkeypatch
     assert result["images"] == 32 and result["size"] == 64
     assert result["ratio"] == pytest.approx(result["prepare_img_s"] / result["naive_img_s"], rel=0.01)
     assert json.loads(out.strip().splitlines()[-1]) == result
+    # Every bench names the machine its figures hold for, in its table and its JSON.
+    assert result["machine"] == machine() and f"petseg bench prepare on {describe_machine(machine())}\n" in out
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model name\t: AMD EPYC 9R45
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: another
+"""
+
+
+def test_machine_names_the_cpu_its_widest_vector_extension_and_cores(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO)
+    found = machine(cpuinfo)
+    assert found["cpu"] == "AMD EPYC 9R45" and found["cpu_family"] == "26" and found["cpu_isa"] == "AVX-512 bf16"
+    assert found["cores"] == len(os.sched_getaffinity(0)) and ("gpu" in found) == torch.cuda.is_available()
+    cpuinfo.write_text(CPUINFO.replace(" avx512f avx512_bf16 avx512_vnni", "").replace("AMD EPYC 9R45", "AMD EPYC"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how performance.md emulates an AVX2-only CPU's convolutions
+    found = machine(cpuinfo)
+    assert found["cpu_isa"] == "AVX2" and found["onednn_max_cpu_isa"] == "AVX2"
+    line = f"AMD EPYC (family 26), {found['cores']} cores, AVX2, oneDNN held to AVX2"
+    assert describe_machine(found) == line + (f", GPU {found['gpu']}" if "gpu" in found else "")
+    elsewhere = machine(tmp_path / "absent")  # macOS, Windows: no /proc/cpuinfo
+    assert elsewhere["cpu"] and elsewhere["cpu_isa"] == "unknown" and elsewhere["cpu_family"] == ""
 
 
 @pytest.mark.slow
@@ -92,8 +123,9 @@ def test_bench_prepare_with_a_wrong_source_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_bench_train_on_cuda_without_a_gpu_is_one_line(capsys):
-    assert petseg_main(["bench", "train", "--device", "cuda"]) == 2
+@pytest.mark.parametrize("bench", [["train"], ["accuracy", "--source", "sample"]])
+def test_bench_on_cuda_without_a_gpu_is_one_line(bench, capsys):
+    assert petseg_main(["bench", *bench, "--device", "cuda"]) == 2
     expected = "petseg: error: --device cuda: no CUDA device is available here (use auto or cpu)\n"
     assert capsys.readouterr().err == expected
 
@@ -218,15 +250,17 @@ def test_bench_accuracy_trains_both_recipes_and_scores_them_alike(tmp_path, synt
 
 def test_reference_epochs_make_the_time_they_took_petseg_s_budget(tmp_path, synthetic_archives, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    budgets, trainer = [], accuracy.Trainer
+    budgets, devices, trainer, reference = [], [], accuracy.Trainer, accuracy.train_reference
     monkeypatch.setattr(
         accuracy,
         "Trainer",
         lambda name, params: budgets.append(params.train.common.max_minutes) or trainer(name, params),
     )
+    monkeypatch.setattr(accuracy, "train_reference", lambda *args: devices.append(args[5]) or reference(*args))
     args = ["bench", "accuracy", "--source", str(synthetic_archives[0]), "--model", "res34", "--size", "32"]
     recipe = ["--set", "train.res34.batch_size=8", "--set", "train.res34.warmup_epochs=0"]
-    assert petseg_main([*args, "--reference-epochs", "2", *PARAMS, *recipe]) == 0
+    assert petseg_main([*args, "--reference-epochs", "2", "--device", "cpu", *PARAMS, *recipe]) == 0
+    assert devices == [torch.device("cpu")]  # --device: where both sides train
     result = json.loads((tmp_path / "reports" / "bench" / "accuracy-res34-32.json").read_text())
     assert result["reference_epochs"] == 2 and "budget_s" not in result
     (run,) = result["runs"]
@@ -270,7 +304,9 @@ def test_bench_accuracy_without_the_reference_trains_petseg_alone_on_each_fold(
     assert all(set(run) == {"seed", "on", "budget_s", "petseg"} for run in result["runs"]) and "reference" not in result
     dices = [run["petseg"]["dice_per_image"] for run in result["runs"]]
     assert result["petseg"]["dice_per_image"] == pytest.approx(sum(dices) / 2)
-    assert "petseg over 2 runs: mean test Dice per image" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "petseg over 2 runs: mean held-out Dice per image" in out
+    assert "seed 42, fold 2/2: petseg held-out Dice per image" in out and "test Dice" not in out
 
 
 def test_folds_never_mix_photos_and_leave_the_test_split_out(tmp_path, prepared_project):

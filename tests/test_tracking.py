@@ -12,6 +12,7 @@ from helpers import free_port, run_stage
 
 from petseg.models import model_from_weights
 from petseg.models.checkpoint import load_checkpoint
+from petseg.runtime import machine
 from petseg.tracking import Tracker, project_root, run_tags
 
 
@@ -32,6 +33,7 @@ def assert_training_run_logged(uri: str, download_to: Path, name: str = "unet") 
     assert run.info.run_name == f"workspace-train-{name}" and run.info.status == "FINISHED"
     assert run.data.tags["dvc.exp_name"] == "workspace" and run.data.tags["model"] == name
     assert run.data.tags["mlflow.source.name"] == "stages/train.py"  # no absolute machine path
+    assert run.data.tags["machine.cpu"] and run.data.tags["machine.cores"] == str(machine()["cores"])  # speeds' context
     assert run.data.params[f"train.{name}.lr"] == "0.003"
     assert run.data.params["train.common.augment.crop_scale"] == "[0.5, 1.0]"
     history = client.get_metric_history(run.info.run_id, "val_dice")

@@ -145,6 +145,9 @@ def _add_model_benches(which) -> None:
         "any machine)",
     )
     accuracy.add_argument("--params", type=Path, default=Path("params.yaml"), help="petseg's recipe (and the split)")
+    accuracy.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="where both sides train; default: train.common.device"
+    )
     accuracy.add_argument("--runs", type=_positive, default=1, help="repeat with seeds seed, seed+1, ...: the spread")
     accuracy.add_argument(
         "--folds",
@@ -181,12 +184,16 @@ def _given(overrides: dict) -> dict:
     return {key: value for key, value in overrides.items() if value is not None}
 
 
-def train_settings(args: argparse.Namespace) -> Params:
-    """``--params`` with the training settings a `bench train` run measures, validated like any params.yaml."""
+def _check_device(device: str | None) -> None:
     import torch  # here, not at the top: `petseg --help` and predict's argument errors stay instant
 
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise PetsegError("--device cuda: no CUDA device is available here (use auto or cpu)")
+
+
+def train_settings(args: argparse.Namespace) -> Params:
+    """``--params`` with the training settings a `bench train` run measures, validated like any params.yaml."""
+    _check_device(args.device)
     overrides = {
         "train.common.device": args.device,
         "train.common.amp": False if args.amp == "off" else args.amp,
@@ -236,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.bench == "accuracy":
         from petseg.bench.accuracy import bench_accuracy
 
-        overrides = {"prepare.image_size": args.size} | _overrides(args.set)
-        params = load_params(args.params, overrides)
+        _check_device(args.device)
+        overrides = {"prepare.image_size": args.size, **_given({"train.common.device": args.device})}
+        params = load_params(args.params, overrides | _overrides(args.set))
         bench_accuracy(
             args.source, args.model, args.budget, params, args.runs, args.folds, args.reference, args.reference_epochs
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +35,48 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise PetsegError("train.common.device: 'cuda' requested but no CUDA device is available (use auto or cpu)")
     return torch.device(name)
+
+
+# The widest vector extension that matters to these models' speed, first found wins (Linux /proc/cpuinfo flags).
+CPU_ISAS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 bf16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+
+
+def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+    """The first processor's fields of ``path``; empty where there is none (macOS, Windows)."""
+    try:
+        first = path.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | int]:
+    """What a measured figure holds for, recorded beside it: the CPU's model and family (as lscpu names them), the
+    cores this process may use, the widest vector extension it has (oneDNN's cap too, where one is set) and the GPU
+    where CUDA has one. Speeds and even rankings differ between an AMX, an AVX-512 and an AVX2 machine."""
+    info = _cpuinfo(cpuinfo)
+    flags = set(info.get("flags", "").split())
+    found: dict[str, str | int] = {
+        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu_family": info.get("cpu family", ""),
+        "cores": len(os.sched_getaffinity(0)),
+        "cpu_isa": next((name for flag, name in CPU_ISAS if flag in flags), "unknown"),
+    }
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        found["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    if torch.cuda.is_available():
+        found["gpu"] = torch.cuda.get_device_name(0)
+    return found
+
+
+def describe_machine(found: dict[str, str | int]) -> str:
+    """One line for a log or a table: ``AMD EPYC (family 26), 2 cores, AVX-512 bf16``."""
+    family = f" (family {found['cpu_family']})" if found.get("cpu_family") else ""
+    parts = [f"{found['cpu']}{family}", f"{found['cores']} cores", str(found["cpu_isa"])]
+    if "onednn_max_cpu_isa" in found:
+        parts.append(f"oneDNN held to {found['onednn_max_cpu_isa']}")
+    return ", ".join(parts + ([f"GPU {found['gpu']}"] if "gpu" in found else []))
 
 
 def make_deterministic() -> None:

@@ -15,19 +15,23 @@ from petseg.data.download import ARCHIVES, file_digests
 from petseg.data.extract import extract_archive
 from petseg.errors import PetsegError
 from petseg.fileio import write_json
+from petseg.runtime import describe_machine, machine
 
 BENCH_DIR = Path("reports/bench")
 
 
 def report(name: str, rows: list[tuple[str, float, str]], result: dict) -> dict:
-    """Print a table and one JSON line; save the JSON under reports/bench/."""
+    """Print a table and one JSON line, both naming the machine (a figure holds for the machine it was measured on);
+    save the JSON under reports/bench/."""
     width = max(len(label) for label, _, _ in rows)
-    print(f"petseg bench {name}")
+    where = machine()
+    print(f"petseg bench {name} on {describe_machine(where)}")
     for label, value, unit in rows:
         shown = f"{value:>10}" if isinstance(value, int) else f"{value:>10.3f}"  # counts (epochs) without decimals
         print(f"  {label:<{width}}  {shown} {unit}")
-    print(json.dumps({"bench": name, **result}, sort_keys=True))
-    write_json(BENCH_DIR / f"{name}.json", {"bench": name, **result})
+    result = {"bench": name, "machine": where, **result}
+    print(json.dumps(result, sort_keys=True))
+    write_json(BENCH_DIR / f"{name}.json", result)
     return result
 
 
