@@ -41,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
 CPU_ISAS = (("amx_tile", "AMX"), ("avx512_bf16", "AVX-512 bf16"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
 
 
-def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
+def _cpuinfo(path: Path) -> dict[str, str]:
     """The first processor's fields of ``path``; empty where there is none (macOS, Windows)."""
     try:
         first = path.read_text().split("\n\n", 1)[0]
@@ -59,10 +59,11 @@ def machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, str | int]:
     flags = set(info.get("flags", "").split())
     found: dict[str, str | int] = {
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "cpu_family": info.get("cpu family", ""),
         "cores": len(os.sched_getaffinity(0)),
         "cpu_isa": next((name for flag, name in CPU_ISAS if flag in flags), "unknown"),
     }
+    if info.get("cpu family"):  # x86's; an Arm CPU names itself otherwise
+        found["cpu_family"] = info["cpu family"]
     if os.environ.get("ONEDNN_MAX_CPU_ISA"):
         found["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
     if torch.cuda.is_available():
