@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -18,6 +19,7 @@ from petseg.errors import PetsegError
 from petseg.evaluation.masks import mask_at_size
 from petseg.evaluation.predictor import Predictor
 from petseg.models.checkpoint import load_checkpoint, save_checkpoint
+from petseg.runtime import describe_machine, machine
 
 NO_MLFLOW = {"PETSEG_MLFLOW": "0"}
 
@@ -68,6 +70,10 @@ def test_evaluate_writes_metrics_per_model_species_and_breed(trained):
         assert card.startswith(f"# petseg-{name}\n") and f"`{meta['split_lists']}`" in card
         assert f"| Dice per image (95 % bootstrap interval) | {scores['dice_per_image']:.4f} [" in card
         assert f"| `train.{name}.lr` | 0.003 |" in card  # the recipe, from the checkpoint
+        for timed in ("evaluation (test split)", "training (mean over epochs)"):  # each speed names its machine
+            assert re.search(
+                rf"\| {re.escape(timed)} \| [\d.]+ img/s \| {re.escape(describe_machine(machine()))} \|", card
+            )
     first = (out / "metrics.json").read_bytes()
     assert run_stage("evaluate", trained, env=NO_MLFLOW).returncode == 0
     assert (out / "metrics.json").read_bytes() == first  # bit-identical on a rerun

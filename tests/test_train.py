@@ -16,7 +16,7 @@ from petseg.errors import PetsegError
 from petseg.fileio import exclusive_lock
 from petseg.models import build_model, model_from_weights
 from petseg.models.checkpoint import load_checkpoint, non_finite_count
-from petseg.runtime import autocast_context, native_amp
+from petseg.runtime import autocast_context, describe_machine, machine, native_amp
 from petseg.training.loaders import progressive_size
 from petseg.training.losses import BCEDiceLoss
 from petseg.training.optim import WarmupCosine
@@ -53,7 +53,9 @@ def test_stage_writes_every_output(project, name):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"best_epoch", "epochs_run", "stopped_by", "train_loss", "val_loss", "val_dice", "val_iou"}
     assert 0 <= metrics["val_dice"] <= 1 and metrics["epochs_run"] == epochs
-    assert set(json.loads((out / "timing.json").read_text())) == {"total_seconds", "images_per_second"}
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(timing) == {"total_seconds", "images_per_second", "machine"}
+    assert timing["machine"] == describe_machine(machine())  # a speed names the machine it holds for
     history = (out / "history.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,lr,augment_strength,epoch_seconds,images_per_second"
     assert len(history) == 1 + epochs

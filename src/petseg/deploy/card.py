@@ -7,8 +7,11 @@ from typing import Any
 from petseg.config import MODEL_TITLES
 
 
-def _table(rows: list[tuple[str, Any]]) -> str:
-    return "\n".join(["| | |", "|---|---|", *(f"| {key} | {value} |" for key, value in rows)])
+def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...] = ("", "")) -> str:
+    def line(cells: tuple[Any, ...]) -> str:
+        return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+    return "\n".join([line(header).replace("  ", " "), "|---" * len(header) + "|", *map(line, rows)])
 
 
 def _data_rows(data: dict) -> list[tuple[str, Any]]:
@@ -43,11 +46,13 @@ def _score_rows(metrics: dict) -> list[tuple[str, Any]]:
 
 def model_card(model: str, data: dict, recipe: dict, metrics: dict, speed: dict, environment: dict) -> str:
     """``data``: the prepared data's meta plus source, species and split hash; ``recipe``: the flat training params
-    stored in the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: img/s;
-    ``environment``: the library versions that trained it (stored in the checkpoint)."""
+    stored in the checkpoint; ``metrics``: the model's entry of reports/evaluate/metrics.json; ``speed``: by what was
+    timed, (img/s, the machine it was measured on); ``environment``: the library versions that trained it (stored in
+    the checkpoint)."""
     counts = data["counts"]
     data_table, recipe_table = _table(_data_rows(data)), _table([(f"`{k}`", v) for k, v in sorted(recipe.items())])
-    score_table, speed_table = _table(_score_rows(metrics)), _table([(k, f"{v:.1f} img/s") for k, v in speed.items()])
+    score_table = _table(_score_rows(metrics))
+    speed_table = _table([(k, f"{v:.1f} img/s", where) for k, (v, where) in speed.items()], ("", "speed", "machine"))
     kind = MODEL_TITLES[model]
     versions = ", ".join(f"{name} {value}" for name, value in environment.items())
     return f"""# petseg-{model}
@@ -65,7 +70,7 @@ Trained with {versions}.
 ## How well (official test split)
 {score_table}
 
-## How fast (measured in this run, this machine)
+## How fast (each on the machine it names)
 {speed_table}
 
 ## How to use it

@@ -13,6 +13,7 @@ from petseg.deploy.card import model_card
 from petseg.deploy.registry import log_and_register, registered_name, version_tags
 from petseg.fileio import write_text
 from petseg.models.checkpoint import load_checkpoint
+from petseg.runtime import describe_machine, machine
 from petseg.schema import to_flat_dict
 from petseg.tracking import Tracker, dvc_experiment_name, git_commit
 
@@ -58,9 +59,10 @@ def write_model_card(
     trained = load_checkpoint(checkpoint)
     recipe, environment = trained.get("recipe", {}), trained.get("environment", {})
     timing_path = reports_dir / "train" / model / "timing.json"
-    speed = {"evaluation (test split, this machine)": eval_images_per_second}
-    if timing_path.exists():
-        speed["training (mean over epochs)"] = json.loads(timing_path.read_text())["images_per_second"]
+    speed = {"evaluation (test split)": (eval_images_per_second, describe_machine(machine()))}
+    if timing_path.exists():  # trained maybe elsewhere (a GPU, an earlier run): its own machine
+        timing = json.loads(timing_path.read_text())
+        speed["training (mean over epochs)"] = (timing["images_per_second"], timing.get("machine", "not recorded"))
     out = reports_dir / "cards" / f"{model}.md"
     write_text(out, model_card(model, data, recipe, metrics, speed, environment))
     return out

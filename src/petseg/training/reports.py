@@ -9,6 +9,7 @@ from pathlib import Path
 from petseg.config import MODEL_TITLES
 from petseg.fileio import write_json, write_text
 from petseg.plots import plot_curves
+from petseg.runtime import describe_machine, machine
 from petseg.training.state import HISTORY_FIELDS, VALIDATION_FIELDS, TrainState
 
 
@@ -31,6 +32,7 @@ def write_training_reports(state: TrainState, model: str, out_dir: Path) -> list
     timing = {  # varies run to run: apart, so that metrics.json is bit-identical for equal params
         "total_seconds": round(state.elapsed_seconds, 2),
         "images_per_second": round(sum(r["images_per_second"] for r in state.history) / len(state.history), 3),
+        "machine": describe_machine(machine()),  # a speed holds for the machine it was measured on
     }
     names = ("metrics.json", "timing.json", "history.csv", "validation.csv", "loss.png", "dice.png")
     paths = {name: out_dir / name for name in names}
