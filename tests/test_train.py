@@ -340,11 +340,20 @@ def test_epochs_0_trains_until_the_budget_ends_it(project, capsys):
 def test_an_epoch_line_shows_the_cap_and_the_budget_that_can_end_training():
     row = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 90.0}
     state = TrainState(elapsed_seconds=90.0, best_epoch=3)
-    assert epoch_line(row, 40, state, 0).startswith("epoch 3/40 train_loss 0.5000 lr")
-    assert epoch_line(row, 40, state, 600).startswith("epoch 3/40 (1.5/10 min) train_loss")
-    assert epoch_line(row, 40, state, 233.8).startswith("epoch 3/40 (1.5/3.9 min) train_loss")  # a bench's budget
-    line = epoch_line(row | {"val_dice": 0.8}, 0, state, 600)  # epochs 0: the budget alone
+    assert epoch_line(row, 40, state, 0, "dice").startswith("epoch 3/40 train_loss 0.5000 lr")
+    assert epoch_line(row, 40, state, 600, "dice").startswith("epoch 3/40 (1.5/10 min) train_loss")
+    bench = epoch_line(row, 40, state, 233.8, "dice")  # a bench's budget
+    assert bench.startswith("epoch 3/40 (1.5/3.9 min) train_loss")
+    line = epoch_line(row | {"val_dice": 0.8}, 0, state, 600, "dice")  # epochs 0: the budget alone
     assert line.startswith("epoch 3 (1.5/10 min) train_loss 0.5000 val_dice 0.8000 lr") and line.endswith("*best")
+
+
+def test_an_epoch_line_marks_the_best_epoch_only_where_validation_chooses_it():
+    row = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "epoch_seconds": 2.0, "images_per_second": 90.0, "val_dice": 0.8}
+    state = TrainState(elapsed_seconds=90.0, best_epoch=3)
+    marked = [epoch_line(row, 40, state, 0, by).endswith("*best") for by in ("dice", "loss", "last")]
+    assert marked == [True, True, False]
+    assert not epoch_line(row | {"epoch": 4}, 40, state, 0, "dice").endswith("*best")
 
 
 def test_progress_lines_reach_a_log_file_when_said_not_at_exit():

@@ -53,8 +53,9 @@ def time_spent(elapsed_s: float, budget_s: float) -> str:
     return f"{elapsed_s / 60:.1f}/{round(budget_s / 60, 2) or budget_s / 60:g} min"
 
 
-def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: float) -> str:
-    """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget)."""
+def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: float, select_by: str) -> str:
+    """One epoch's progress line (validation scores only after a validation pass; the time spent of a budget; *best
+    where a validation score chooses the saved epoch: with ``select_by: last`` every validated epoch would be best)."""
     scores = "".join(f"{key} {row[key]:.4f} " for key in ("val_loss", "val_dice", "val_iou") if key in row)
     of = f"/{epochs}" if epochs else ""  # 0: until the time budget
     budget = f" ({time_spent(state.elapsed_seconds, budget_s)})" if budget_s else ""
@@ -63,5 +64,5 @@ def epoch_line(row: dict[str, float], epochs: int, state: TrainState, budget_s: 
     return (
         f"epoch {row['epoch']}{of}{budget} train_loss {row['train_loss']:.4f} {scores}{augment}"
         f"lr {row['lr']:.2e} {row['epoch_seconds']:.1f}s {row['images_per_second']:.1f} img/s"
-        + (" *best" if state.best_epoch == row["epoch"] else "")
+        + (" *best" if select_by != "last" and state.best_epoch == row["epoch"] else "")
     )

@@ -285,7 +285,7 @@ class Trainer:
             self.state.elapsed_seconds += self.context.max(time.perf_counter() - started - epoch_seconds)[0]
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s))
+            self.say(epoch_line(row, self.cfg.epochs, self.state, self.budget_s, self.common.select_by))
         if self.context.is_main and point.saved_epoch != self.state.epoch:
             self.save_resume_point(point)
         if self.context.is_main:  # written once at the end (a resumed run too): its presence means a finished run
