@@ -60,7 +60,7 @@ def write_model_card(
     recipe, environment = trained.get("recipe", {}), trained.get("environment", {})
     timing_path = reports_dir / "train" / model / "timing.json"
     speed = {"evaluation (test split)": (eval_images_per_second, describe_machine(machine()))}
-    if timing_path.exists():  # trained maybe elsewhere (a GPU, an earlier run): its own machine
+    if timing_path.exists():  # training may have run on another machine (a GPU, an earlier run): name its own
         timing = json.loads(timing_path.read_text())
         speed["training (mean over epochs)"] = (timing["images_per_second"], timing.get("machine", "not recorded"))
     out = reports_dir / "cards" / f"{model}.md"
